@@ -1,0 +1,69 @@
+# One entry point for running, testing and benchmarking. Each target installs what it needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+AIRFLOW_VENV := .airflow-venv
+
+.DEFAULT_GOAL := help
+.PHONY: help venv run serve pipeline test lint typecheck unit system-deps airflow-venv bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	touch $(STAMP)
+
+venv: $(STAMP)  ## create .venv with the pinned runtime and dev packages
+
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
+
+$(AIRFLOW_STAMP): dags/requirements.txt dags/constraints.txt
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(AIRFLOW_VENV)/bin/python -m pip install --quiet -r dags/requirements.txt -c dags/constraints.txt
+	touch $(AIRFLOW_STAMP)
+
+airflow-venv: $(AIRFLOW_STAMP)  ## create .airflow-venv with pinned Airflow 3 for the DAG tests (not the service's)
+
+run: $(STAMP)  ## run the pipeline once, then serve the API on http://127.0.0.1:8000 (foreground)
+	$(PY) -m etl run --serve-fallback
+	$(PY) -m app
+
+serve: $(STAMP)  ## serve the API with whatever model is promoted (no pipeline run)
+	$(PY) -m app
+
+pipeline: $(STAMP)  ## run the pipeline once (load, validate, train, evaluate, promote, upload)
+	$(PY) -m etl run
+
+system-deps:  ## Debian packages the integration tests use (prometheus/promtool, docker-compose, wrk)
+	@missing=""; \
+	for pair in prometheus:prometheus promtool:prometheus docker-compose:docker-compose wrk:wrk; do \
+	  cmd=$${pair%%:*}; pkg=$${pair##*:}; command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+lint: $(STAMP)  ## ruff (including Airflow rules) and mypy on etl/ and app/
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check etl app tests dags bench
+	$(VENV)/bin/mypy
+
+typecheck: lint
+
+unit: $(STAMP)  ## fast tests only (no servers)
+	$(PY) -m pytest -m "not integration and not airflow" -q
+
+test: $(STAMP) system-deps airflow-venv  ## the whole suite: lint, types, unit, integration (real servers), real Airflow
+	$(MAKE) --no-print-directory lint
+	$(PY) -m pytest -q
+
+clean:  ## remove environments, caches and local artifacts (keeps secrets/)
+	rm -rf $(VENV) $(AIRFLOW_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis data results upload bench/results

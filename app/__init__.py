@@ -1,0 +1,1 @@
+"""The HTTP layer over the etl library: routes, schemas, auth, errors and Prometheus metrics."""

@@ -1,0 +1,94 @@
+"""The one place where pipeline errors become HTTP responses: a stable status and a JSON ``detail``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from etl import errors as e
+
+log = logging.getLogger(__name__)
+
+# most specific first: the first isinstance match wins
+STATUS_BY_ERROR: tuple[tuple[type[e.EtlError], int], ...] = (
+    (e.DataSourceError, 502),
+    (e.DataFormatError, 422),
+    (e.DataValidationError, 422),
+    (e.ModelNotFoundError, 404),
+    (e.NoServedModelError, 503),
+    (e.ArtifactIntegrityError, 409),
+    (e.NotServableError, 409),
+    (e.TrainingInProgressError, 409),
+    (e.StorageError, 502),
+    (e.DriveConfigError, 422),
+)
+
+
+def status_for(exc: e.EtlError) -> int:
+    for cls, status in STATUS_BY_ERROR:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def detail_for(exc: e.EtlError) -> str:
+    if isinstance(exc, e.StorageError):
+        backup = f"; the local backup is intact at {exc.backup_dir}" if exc.backup_dir else ""
+        return f"upload failed at step '{exc.step}' after {exc.retries} retries: {exc}{backup}"
+    return str(exc)
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the error statuses a route can answer."""
+    from app.schemas import ErrorResponse
+
+    text = {
+        401: "missing or wrong bearer token",
+        404: "no such model version",
+        409: "conflict: a training is running, or the version cannot be served",
+        413: "request body larger than MAX_BODY_BYTES",
+        422: "invalid request or invalid data",
+        502: "an upstream (data source or Google Drive) failed",
+        503: "no model is served yet",
+    }
+    return {s: {"model": ErrorResponse, "description": text.get(s, "error")} for s in statuses}
+
+
+def _clean_validation_errors(errors: Any) -> list[dict[str, Any]]:
+    # echo where and what, never the whole submitted input (it may be large)
+    return [
+        {"loc": list(err.get("loc", ())), "msg": err.get("msg"), "type": err.get("type")} for err in errors
+    ]
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(e.EtlError)
+    async def _etl_error(request: Request, exc: e.EtlError) -> JSONResponse:
+        status = status_for(exc)
+        log.log(
+            logging.ERROR if status >= 500 else logging.WARNING,
+            "%s %s -> %d: %s",
+            request.method,
+            request.url.path,
+            status,
+            exc,
+        )
+        return JSONResponse({"detail": detail_for(exc)}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _clean_validation_errors(exc.errors())}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal server error; see the service log"}, status_code=500)

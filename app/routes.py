@@ -1,0 +1,286 @@
+"""Routes: validate, call etl, record a metric, return a response model. No pipeline logic here."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import numpy as np
+from fastapi import APIRouter, Body, Depends, Path, Request
+from fastapi.exceptions import RequestValidationError
+
+from app import metrics
+from app.auth import require_token
+from app.errors import error_responses
+from app.schemas import (
+    CurrentModelResponse,
+    EvaluateRequest,
+    EvaluateResponse,
+    HealthResponse,
+    ModelsResponse,
+    ModelSummary,
+    PredictBatchRequest,
+    PredictBatchResponse,
+    PredictRequest,
+    PredictResponse,
+    PromoteResponse,
+    ReadyResponse,
+    TrainRequest,
+    TrainResponse,
+    UploadRequest,
+    UploadResponse,
+)
+from app.state import ModelHolder
+from etl import pipeline
+from etl.errors import EtlError, NoServedModelError, StorageError
+from etl.evaluate import HEADLINE
+from etl.features import LABELS
+from etl.registry import Registry
+from etl.settings import Settings
+from etl.upload_results import upload_to_storage
+
+router = APIRouter()
+T = TypeVar("T")
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_holder(request: Request) -> ModelHolder:
+    holder: ModelHolder = request.app.state.holder
+    return holder
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+HolderDep = Annotated[ModelHolder, Depends(get_holder)]
+
+
+def _timed_step(step: str, fn: Callable[[], T]) -> T:
+    started = time.perf_counter()
+    try:
+        result = fn()
+    except EtlError:
+        metrics.STEP_OUTCOMES.labels(step, "failure").inc()
+        raise
+    finally:
+        metrics.STEP_DURATION.labels(step).observe(time.perf_counter() - started)
+    metrics.STEP_OUTCOMES.labels(step, "success").inc()
+    return result
+
+
+# --- prediction ---------------------------------------------------------------------------------
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    status_code=200,
+    summary="Predict one tumour",
+    tags=["predict"],
+    responses=error_responses(413, 422, 503),
+)
+async def predict(body: PredictRequest, holder: HolderDep) -> dict[str, Any]:
+    """Classify one tumour from its nine cytology scores with the served model (research use only)."""
+    model = holder.get()
+    p = model.scorer.proba_one(body.row())
+    cls = 1 if p >= model.threshold else 0
+    metrics.record_predictions([p], [cls])
+    return {
+        "label": LABELS[cls],
+        "class": cls,
+        "probability_malignant": p,
+        "threshold": model.threshold,
+        "model_version": model.version,
+    }
+
+
+@router.post(
+    "/predict/batch",
+    response_model=PredictBatchResponse,
+    status_code=200,
+    summary="Predict many tumours",
+    tags=["predict"],
+    responses=error_responses(413, 422, 503),
+)
+def predict_batch(body: PredictBatchRequest, holder: HolderDep, settings: SettingsDep) -> dict[str, Any]:
+    """Classify up to MAX_BATCH tumours in one call; predictions come back in request order."""
+    if len(body.instances) > settings.max_batch:
+        msg = f"at most MAX_BATCH={settings.max_batch} instances per request, got {len(body.instances)}"
+        raise RequestValidationError([{"loc": ("body", "instances"), "msg": msg, "type": "too_long"}])
+    model = holder.get()
+    X = np.array([inst.row() for inst in body.instances], dtype=float)
+    probs = model.scorer.proba(X).tolist()
+    threshold = model.threshold
+    classes = [1 if p >= threshold else 0 for p in probs]
+    metrics.BATCH_ROWS.observe(len(probs))
+    metrics.record_predictions(probs, classes)
+    return {
+        "model_version": model.version,
+        "threshold": threshold,
+        "predictions": [
+            {"label": LABELS[c], "class": c, "probability_malignant": p}
+            for p, c in zip(probs, classes, strict=True)
+        ],
+    }
+
+
+# --- probes -------------------------------------------------------------------------------------
+
+
+@router.get("/health", response_model=HealthResponse, summary="Liveness", tags=["ops"])
+async def health() -> dict[str, str]:
+    """The process is alive (says nothing about the model; see /ready)."""
+    return {"status": "ok"}
+
+
+@router.get(
+    "/ready", response_model=ReadyResponse, summary="Readiness", tags=["ops"], responses=error_responses(503)
+)
+async def ready(holder: HolderDep) -> dict[str, str]:
+    """200 only when a verified model is loaded and serving; 503 otherwise."""
+    return {"status": "ready", "model_version": holder.get().version}
+
+
+# --- pipeline -----------------------------------------------------------------------------------
+
+
+@router.post(
+    "/train",
+    response_model=TrainResponse,
+    status_code=200,
+    summary="Train a new model version",
+    tags=["pipeline"],
+    dependencies=[Depends(require_token)],
+    responses=error_responses(401, 409, 413, 422, 502),
+)
+def train(
+    settings: SettingsDep, request: Request, body: Annotated[TrainRequest | None, Body()] = None
+) -> dict[str, Any]:
+    """Load and validate the data, train, and register a new version (served only after /evaluate)."""
+    registry: Registry = request.app.state.registry
+    data_url = body.data_url if body else None
+    summary = _timed_step("train", lambda: pipeline.train_version(settings, registry, data_url))
+    metrics.LAST_TRAINING.set(time.time())
+    return summary.to_dict()
+
+
+@router.post(
+    "/evaluate",
+    response_model=EvaluateResponse,
+    status_code=200,
+    summary="Evaluate a version and promote it if it passes the gate",
+    tags=["pipeline"],
+    dependencies=[Depends(require_token)],
+    responses=error_responses(401, 404, 409, 413, 422),
+)
+def evaluate(
+    settings: SettingsDep, holder: HolderDep, body: Annotated[EvaluateRequest | None, Body()] = None
+) -> dict[str, Any]:
+    """Score the version on its held-out split; a failed gate is a 200 with ``gate.passed`` false."""
+    body = body or EvaluateRequest()
+    summary = _timed_step(
+        "evaluate",
+        lambda: pipeline.evaluate_version(settings, holder.registry, body.version, promote=body.promote),
+    )
+    if not summary.gate.passed:
+        metrics.GATE_FAILURES.inc()
+    if summary.promoted:
+        metrics.STEP_OUTCOMES.labels("promote", "success").inc()
+        metrics.LAST_PROMOTION.set(time.time())
+        holder.refresh()
+    return summary.to_dict()
+
+
+@router.post(
+    "/upload",
+    response_model=UploadResponse,
+    status_code=200,
+    summary="Back up a version locally and upload it to Google Drive",
+    tags=["pipeline"],
+    dependencies=[Depends(require_token)],
+    responses=error_responses(401, 404, 409, 413, 422, 502),
+)
+def upload(
+    settings: SettingsDep, holder: HolderDep, body: Annotated[UploadRequest | None, Body()] = None
+) -> dict[str, Any]:
+    """Copy model.joblib and metrics.json to upload/<timestamp>/ and, when configured, to Google Drive."""
+    registry = holder.registry
+    version = (body.version if body else None) or registry.require_served()
+    try:
+        result = _timed_step(
+            "upload", lambda: upload_to_storage(version, registry=registry, settings=settings)
+        )
+    except StorageError as exc:
+        metrics.DRIVE_FAILURES.inc()
+        metrics.DRIVE_RETRIES.inc(exc.retries)
+        raise
+    data = result.to_dict()
+    retries = int(data.get("drive", {}).get("retries", 0) or 0)
+    if retries:
+        metrics.DRIVE_RETRIES.inc(retries)
+    return data
+
+
+@router.post(
+    "/models/{version}/promote",
+    response_model=PromoteResponse,
+    status_code=200,
+    summary="Serve an earlier version (rollback) or a passed one",
+    tags=["models"],
+    dependencies=[Depends(require_token)],
+    responses=error_responses(401, 404, 409),
+)
+def promote(
+    holder: HolderDep, version: Annotated[str, Path(max_length=64, description="a version from GET /models")]
+) -> dict[str, Any]:
+    """Serve ``version`` if it passed the quality gate and its model file verifies."""
+    previous = _timed_step("promote", lambda: holder.registry.promote(version))
+    metrics.LAST_PROMOTION.set(time.time())
+    holder.refresh()
+    return {"version": version, "previous_version": previous, "promoted": True}
+
+
+@router.get("/models", response_model=ModelsResponse, summary="List model versions", tags=["models"])
+def list_models(holder: HolderDep) -> dict[str, Any]:
+    """Every version, oldest first, with its status, key metrics and which one is served."""
+    registry = holder.registry
+    served = registry.served_version()
+    models = []
+    for version in registry.versions():
+        meta = registry.read_meta(version)
+        m = registry.read_metrics(version)
+        status = registry.status(version)
+        models.append(
+            ModelSummary(
+                version=version,
+                created_at=meta.get("created_at"),
+                status=status,
+                servable=status == "passed",
+                served=version == served,
+                metrics={k: float(m[k]) for k in HEADLINE if k in m} if m else None,
+            )
+        )
+    return {"served_version": served, "models": models}
+
+
+@router.get(
+    "/models/current",
+    response_model=CurrentModelResponse,
+    summary="The served model",
+    tags=["models"],
+    responses=error_responses(503),
+)
+async def current_model(holder: HolderDep) -> dict[str, Any]:
+    """Version, threshold and held-out metrics of the model answering /predict."""
+    model = holder.current
+    if model is None:
+        raise NoServedModelError("no model is served yet: train and evaluate one first")
+    return {
+        "version": model.version,
+        "threshold": model.threshold,
+        "created_at": model.created_at,
+        "metrics": model.metrics,
+    }

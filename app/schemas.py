@@ -1,0 +1,225 @@
+"""Request and response models: the contract users read on the Swagger page."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
+
+from etl.features import FEATURE_MAX, FEATURE_MIN, FEATURES
+
+# Real rows of the dataset (Id 1000025, benign; Id 1017122, malignant), used as Swagger examples.
+BENIGN_EXAMPLE: JsonDict = dict(zip((f[0] for f in FEATURES), (5, 1, 1, 1, 2, 1, 3, 1, 1), strict=True))
+MALIGNANT_EXAMPLE: JsonDict = dict(zip((f[0] for f in FEATURES), (8, 10, 10, 8, 7, 10, 9, 7, 1), strict=True))
+
+Score = Annotated[int, Field(ge=FEATURE_MIN, le=FEATURE_MAX, strict=True)]
+
+
+def _feature(snake: str, csv_name: str, description: str) -> Any:
+    return Field(
+        ...,
+        validation_alias=AliasChoices(snake, csv_name),
+        description=f"{description}, scored {FEATURE_MIN}-{FEATURE_MAX} (or CSV name `{csv_name}`)",
+    )
+
+
+class PredictRequest(BaseModel):
+    """One tumour's nine cytology scores."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [BENIGN_EXAMPLE, MALIGNANT_EXAMPLE]},
+    )
+
+    clump_thickness: Score = _feature(*FEATURES[0])
+    cell_size_uniformity: Score = _feature(*FEATURES[1])
+    cell_shape_uniformity: Score = _feature(*FEATURES[2])
+    marginal_adhesion: Score = _feature(*FEATURES[3])
+    epithelial_cell_size: Score = _feature(*FEATURES[4])
+    bare_nuclei: Score = _feature(*FEATURES[5])
+    bland_chromatin: Score = _feature(*FEATURES[6])
+    normal_nucleoli: Score = _feature(*FEATURES[7])
+    mitoses: Score = _feature(*FEATURES[8])
+
+    def row(self) -> tuple[int, ...]:
+        return (
+            self.clump_thickness,
+            self.cell_size_uniformity,
+            self.cell_shape_uniformity,
+            self.marginal_adhesion,
+            self.epithelial_cell_size,
+            self.bare_nuclei,
+            self.bland_chromatin,
+            self.normal_nucleoli,
+            self.mitoses,
+        )
+
+
+class Prediction(BaseModel):
+    label: Literal["benign", "malignant"] = Field(..., description="predicted class name")
+    class_: Literal[0, 1] = Field(..., alias="class", description="0 benign, 1 malignant")
+    probability_malignant: float = Field(..., ge=0.0, le=1.0, description="P(malignant) from the model")
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class PredictResponse(Prediction):
+    threshold: float = Field(..., description="malignant when probability_malignant >= threshold")
+    model_version: str = Field(..., description="the model version that answered")
+
+    model_config = ConfigDict(
+        populate_by_name=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "label": "malignant",
+                    "class": 1,
+                    "probability_malignant": 0.9993,
+                    "threshold": 0.2203,
+                    "model_version": "20250611T210512Z-1a2b3c4d",
+                }
+            ]
+        },
+    )
+
+
+class PredictBatchRequest(BaseModel):
+    """Many tumours at once (at most MAX_BATCH)."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"instances": [BENIGN_EXAMPLE, MALIGNANT_EXAMPLE]}]}
+    )
+
+    instances: list[PredictRequest] = Field(..., min_length=1, description="one object per tumour")
+
+
+class PredictBatchResponse(BaseModel):
+    model_version: str
+    threshold: float
+    predictions: list[Prediction] = Field(..., description="one per instance, in request order")
+
+
+class TrainRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{}, {"data_url": "/data/BreastCancer.csv"}]}
+    )
+
+    data_url: str | None = Field(
+        None,
+        min_length=1,
+        max_length=2048,
+        description="override DATA_URL for this run (http(s) URL or path)",
+    )
+
+
+class RowCountsModel(BaseModel):
+    raw: int
+    missing_dropped: int
+    duplicates_dropped: int
+    clean: int
+    train: int
+    test: int
+
+
+class TrainResponse(BaseModel):
+    version: str = Field(..., description="the new model version (not served until it passes evaluation)")
+    data_sha256: str
+    data_source: str
+    rows: RowCountsModel
+    threshold: float
+    cv: dict[str, dict[str, float]] = Field(
+        ..., description="grouped 5-fold CV mean and std on the training split"
+    )
+    duration_seconds: float
+
+
+class EvaluateRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{}, {"version": None, "promote": True}]}
+    )
+
+    version: str | None = Field(None, max_length=64, description="version to evaluate; default the newest")
+    promote: bool = Field(True, description="serve the version if it passes the quality gate")
+
+
+class GateCheckModel(BaseModel):
+    name: str
+    value: float
+    limit: float
+    passed: bool
+
+
+class GateModel(BaseModel):
+    passed: bool
+    checks: list[GateCheckModel]
+    reasons: list[str] = Field(..., description="one line per failed check")
+
+
+class EvaluateResponse(BaseModel):
+    version: str
+    metrics: dict[str, Any] = Field(..., description="the version's metrics.json")
+    gate: GateModel
+    promoted: bool
+    served_version: str | None
+    duration_seconds: float
+
+
+class UploadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{}, {"version": None}]})
+
+    version: str | None = Field(None, max_length=64, description="version to upload; default the served one")
+
+
+class UploadResponse(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    version: str
+    timestamp: str = Field(
+        ..., description="UTC YYYYMMDD_HHMMSS, the backup folder's and Drive folder's name"
+    )
+    backup_dir: str
+    files: list[Any]
+    drive: dict[str, Any] = Field(..., description="status uploaded or skipped, folder and file ids")
+
+
+class PromoteResponse(BaseModel):
+    version: str
+    previous_version: str | None
+    promoted: bool
+
+
+class ModelSummary(BaseModel):
+    version: str
+    created_at: str | None
+    status: Literal["trained", "passed", "rejected"] = Field(
+        ..., description="trained: not evaluated; passed/rejected: quality-gate verdict"
+    )
+    servable: bool
+    served: bool
+    metrics: dict[str, float] | None
+
+
+class ModelsResponse(BaseModel):
+    served_version: str | None
+    models: list[ModelSummary]
+
+
+class CurrentModelResponse(BaseModel):
+    version: str
+    threshold: float
+    created_at: str | None
+    metrics: dict[str, Any]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready"]
+    model_version: str
+
+
+class ErrorResponse(BaseModel):
+    detail: Any = Field(..., description="what was wrong, in words (a list of field errors for a 422)")

@@ -1,0 +1,93 @@
+"""The served model: loaded and verified off the hot path, swapped by one reference assignment."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from app import metrics
+from etl.errors import EtlError, NoServedModelError
+from etl.registry import Registry
+from etl.scorer import LinearScorer, verified_scorer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """Everything /predict needs, immutable, so a request sees one whole model from start to end."""
+
+    version: str
+    threshold: float
+    scorer: LinearScorer
+    metrics: dict[str, Any]
+    created_at: str | None
+
+
+class ModelHolder:
+    """Holds the served model. Readers take ``holder.current`` once per request; writers replace it whole."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.current: ServedModel | None = None
+        self._swap_lock = threading.Lock()
+
+    def get(self) -> ServedModel:
+        model = self.current
+        if model is None:
+            raise NoServedModelError(
+                "no model is served yet: train and evaluate one (POST /train, then POST /evaluate), "
+                "or run `python -m etl run`"
+            )
+        return model
+
+    def load(self, version: str) -> ServedModel:
+        """Verify, unpickle and check the fast scorer against the pipeline. Raises EtlError on any failure."""
+        pipeline, meta = self.registry.load_pipeline(version)
+        scorer = verified_scorer(pipeline)
+        return ServedModel(
+            version=version,
+            threshold=float(meta["threshold"]),
+            scorer=scorer,
+            metrics=self.registry.read_metrics(version) or {},
+            created_at=meta.get("created_at"),
+        )
+
+    def refresh(self) -> bool:
+        """Serve whatever the registry's pointer names, if it differs from what is loaded.
+
+        A version that fails to load is logged and the current model keeps serving. Returns True on a swap.
+        """
+        version = self.registry.served_version()
+        current = self.current
+        if version is None or (current is not None and current.version == version):
+            return False
+        with self._swap_lock:
+            current = self.current
+            if current is not None and current.version == version:
+                return False
+            try:
+                model = self.load(version)
+            except (EtlError, OSError, ValueError, KeyError) as exc:
+                log.error(
+                    "cannot serve version %s, keeping %s: %s", version, current and current.version, exc
+                )
+                return False
+            self.current = model
+        metrics.set_served_model(
+            model.version, model.metrics, model.threshold, current.version if current else None
+        )
+        log.info("now serving model version %s (threshold %.4f)", model.version, model.threshold)
+        return True
+
+    async def watch(self, interval: float) -> None:
+        """Follow promotions made by other workers or the CLI (poll the pointer; load in a thread)."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await asyncio.to_thread(self.refresh)
+            except Exception:  # the watcher must never die; the error is logged with its traceback
+                log.exception("model watcher failed; will retry")

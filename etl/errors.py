@@ -1,0 +1,65 @@
+"""Typed errors raised by the pipeline; the service maps each to an HTTP status in one place."""
+
+from __future__ import annotations
+
+
+class EtlError(Exception):
+    """Base class of every error the pipeline raises on purpose."""
+
+
+class DataSourceError(EtlError):
+    """The data source could not be reached or answered with an HTTP error (an upstream fault)."""
+
+
+class DataFormatError(EtlError):
+    """The data source answered, but not with a usable CSV (HTML page, oversized, unparsable)."""
+
+
+class DataValidationError(EtlError):
+    """The CSV parsed, but its columns or values break the schema."""
+
+
+class ModelNotFoundError(EtlError):
+    """No model version with that name exists in the registry."""
+
+
+class NoServedModelError(EtlError):
+    """No version has been promoted yet, so there is nothing to serve."""
+
+
+class ArtifactIntegrityError(EtlError):
+    """An artifact on disk does not match the sha256 recorded for it, or is incomplete."""
+
+
+class NotServableError(EtlError):
+    """The version exists but may not be served (not evaluated yet, or it failed the quality gate)."""
+
+
+class NotEvaluatedError(NotServableError):
+    """The version has no metrics.json yet: evaluate it first."""
+
+
+class TrainingInProgressError(EtlError):
+    """Another training holds the registry's training lock."""
+
+
+class StorageError(EtlError):
+    """Uploading artifacts failed after all retries; the local backup (if any) is intact.
+
+    Attributes:
+        step: the step that failed (for example ``create folder`` or ``upload model.joblib``).
+        backup_dir: where the local backup was written, if it was.
+        retries: how many retries were taken before giving up.
+    """
+
+    def __init__(self, message: str, *, step: str, backup_dir: str | None = None, retries: int = 0) -> None:
+        super().__init__(message)
+        self.step = step
+        self.backup_dir = backup_dir
+        self.retries = retries
+
+
+class DriveConfigError(StorageError):
+    """Google Drive is configured wrongly, so retrying cannot help: the credentials file is missing or not a
+    Google credential, the folder is not found or not shared with the account, or the account has no storage
+    quota. A StorageError (502, with ``step`` and ``backup_dir``) whose message says what to fix."""

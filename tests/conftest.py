@@ -1,0 +1,171 @@
+"""Fixtures shared by the whole suite: the shared CSV, free ports, a static HTTP server, a live service."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_CSV = ROOT.parent / "shared" / "data" / "BreastCancer.csv"
+
+
+@pytest.fixture(scope="session")
+def shared_csv() -> Path:
+    if not SHARED_CSV.is_file():
+        pytest.fail(f"the shared test data is missing: {SHARED_CSV}")
+    return SHARED_CSV
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def static_server(directory: Path) -> Iterator[str]:
+    """Serve ``directory`` over HTTP on 127.0.0.1; yields the base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def csv_url(shared_csv: Path) -> Iterator[str]:
+    """The shared CSV served over a real local HTTP server."""
+    with static_server(shared_csv.parent) as base:
+        yield f"{base}/{shared_csv.name}"
+
+
+@dataclass
+class Service:
+    """A real uvicorn process running the service on loopback."""
+
+    url: str
+    workdir: Path
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    token: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def results_dir(self) -> Path:
+        return Path(self.env["RESULTS_DIR"])
+
+    @property
+    def upload_dir(self) -> Path:
+        return Path(self.env["UPLOAD_DIR"])
+
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def start_service(
+    workdir: Path,
+    *,
+    data_url: str,
+    token: str = "",
+    extra_env: dict[str, str] | None = None,
+    wait_ready: bool = False,
+    timeout: float = 60.0,
+    port: int | None = None,
+) -> Service:
+    """Start ``uvicorn app.main:app`` on a free loopback port with its state under ``workdir``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "DATA_URL": data_url,
+        "DATA_DIR": str(workdir / "data"),
+        "RESULTS_DIR": str(workdir / "results"),
+        "UPLOAD_DIR": str(workdir / "upload"),
+        "API_TOKEN": token,
+        "MODEL_POLL_SECONDS": "0.2",
+        "LOG_LEVEL": "INFO",
+        **(extra_env or {}),
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log_path = workdir / f"service-{port}.log"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app.main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+        ],
+        cwd=workdir,
+        env=env,
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    service = Service(f"http://127.0.0.1:{port}", workdir, env, proc, log_path, token)
+    wait_for(service, "/ready" if wait_ready else "/health", timeout)
+    return service
+
+
+def wait_for(service: Service, path: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if service.proc.poll() is not None:
+            raise RuntimeError(f"service exited with {service.proc.returncode}:\n{service.log()}")
+        try:
+            if httpx.get(service.url + path, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    service.stop()
+    raise RuntimeError(f"service did not answer 200 on {path} within {timeout}s:\n{service.log()}")
+
+
+@pytest.fixture
+def live_service(tmp_path: Path, csv_url: str) -> Iterator[Service]:
+    """A real service with no model yet, data served over local HTTP, token required."""
+    service = start_service(tmp_path / "svc", data_url=csv_url, token="test-token-0123456789")
+    try:
+        yield service
+    finally:
+        service.stop()

@@ -1,0 +1,79 @@
+"""The pipeline's steps wired together, on the real shared data (no server)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from etl.errors import TrainingInProgressError
+from etl.pipeline import evaluate_version, train_version
+from etl.registry import Registry
+from etl.settings import Settings
+
+
+def _settings(tmp_path: Path, data_url: Path, **overrides: object) -> Settings:
+    return Settings(
+        data_url=str(data_url),
+        data_dir=tmp_path / "data",
+        results_dir=tmp_path / "results",
+        upload_dir=tmp_path / "upload",
+        **overrides,  # type: ignore[arg-type]
+    )
+
+
+def test_pipeline_train_then_evaluate_promotes_a_model_that_meets_the_targets(
+    tmp_path: Path, shared_csv: Path
+):
+    settings = _settings(tmp_path, shared_csv)
+    registry = Registry(settings.results_dir)
+
+    trained = train_version(settings, registry)
+    assert registry.served_version() is None  # training alone never serves
+    evaluated = evaluate_version(settings, registry, trained.version)
+
+    assert trained.rows == {
+        "raw": 699,
+        "missing_dropped": 16,
+        "duplicates_dropped": 8,
+        "clean": 675,
+        "train": trained.rows["train"],
+        "test": trained.rows["test"],
+    }
+    assert trained.rows["train"] + trained.rows["test"] == 675
+    assert evaluated.gate.passed, evaluated.gate.reasons
+    assert evaluated.promoted and registry.served_version() == trained.version
+    assert evaluated.metrics["recall"] >= 0.95 and evaluated.metrics["accuracy"] >= 0.95
+    assert (settings.results_dir / "model.joblib").read_bytes() == (
+        settings.results_dir / "models" / trained.version / "model.joblib"
+    ).read_bytes()
+
+
+def test_pipeline_gate_failure_keeps_the_served_model(tmp_path: Path, shared_csv: Path):
+    settings = _settings(tmp_path, shared_csv)
+    registry = Registry(settings.results_dir)
+    good = train_version(settings, registry)
+    evaluate_version(settings, registry, good.version)
+
+    shuffled = pd.read_csv(shared_csv, dtype=str)
+    shuffled["Class"] = np.random.default_rng(0).permutation(shuffled["Class"].to_numpy())
+    bad_csv = tmp_path / "shuffled.csv"
+    shuffled.to_csv(bad_csv, index=False)
+
+    bad = train_version(settings, registry, str(bad_csv))
+    verdict = evaluate_version(settings, registry, bad.version)
+
+    assert not verdict.gate.passed and not verdict.promoted
+    assert any(r.startswith("roc_auc") for r in verdict.gate.reasons), verdict.gate.reasons
+    assert registry.served_version() == good.version
+    assert registry.status(bad.version) == "rejected"
+
+
+def test_pipeline_second_concurrent_training_is_refused(tmp_path: Path, shared_csv: Path):
+    settings = _settings(tmp_path, shared_csv)
+    registry = Registry(settings.results_dir)
+    with registry.training_lock(), pytest.raises(TrainingInProgressError, match="already running"):
+        train_version(settings, registry)
+    assert registry.versions() == []
