@@ -100,7 +100,8 @@ class Settings(BaseSettings):
         if self.environment == "production":
             if not self.api_token:
                 raise ValueError("API_TOKEN must be set when ENVIRONMENT=production")
-            if self.api_token.lower() in _PLACEHOLDER_TOKENS or len(self.api_token) < 16:
+            token = self.api_token.lower()
+            if token in _PLACEHOLDER_TOKENS or "change-me" in token or "changeme" in token or len(token) < 16:
                 raise ValueError(
                     "API_TOKEN is a placeholder or shorter than 16 characters; set a real secret"
                 )
