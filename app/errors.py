@@ -25,7 +25,6 @@ STATUS_BY_ERROR: tuple[tuple[type[e.EtlError], int], ...] = (
     (e.NotServableError, 409),
     (e.TrainingInProgressError, 409),
     (e.StorageError, 502),
-    (e.DriveConfigError, 422),
 )
 
 
@@ -86,6 +85,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI answers 400 "There was an error parsing the body" for a body that is not UTF-8; the
+            # API documents every unreadable body as a 422, like a JSON syntax error
+            msg = "request body is not valid UTF-8 JSON"
+            return JSONResponse({"detail": [{"loc": ["body"], "msg": msg, "type": "json_invalid"}]}, 422)
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     gdrive_api_endpoint: str = Field(
         "", description="Drive API base URL, e.g. https://127.0.0.1:8443/drive/v3/ (tests); empty = Google"
     )
+    gdrive_token_uri: str = Field(
+        "", description="OAuth2 token endpoint override (tests); empty = the credentials file's / Google's"
+    )
     gdrive_ca_bundle: str = Field(
         "", description="PEM file of CAs trusted for Drive and token TLS (tests); empty = the default bundle"
     )

@@ -1,25 +1,42 @@
-"""Step 5: back up a version's artifacts to upload/<YYYYMMDD_HHMMSS>/ (Google Drive: see etl/drive.py)."""
+"""Step 5: back up a version's artifacts to ``upload/<YYYYMMDD_HHMMSS>/``, then to Google Drive if configured.
+
+The local backup is always written first (atomically: a temporary folder renamed into place), so a Drive
+outage loses nothing. The Drive state of a version (folder, file ids, status) lives in its meta.json under
+``"drive"``; it is written as the upload progresses, so a retried upload reuses the folder and skips the
+files already there instead of making copies.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from etl.errors import NotEvaluatedError
+from etl.drive import DriveResult, RetryPolicy, file_md5, upload_to_drive
+from etl.errors import ArtifactIntegrityError, NotEvaluatedError, StorageError
 from etl.io import TMP_PREFIX, fsync_dir
 from etl.registry import METRICS_FILE, MODEL_FILE, Registry
 from etl.settings import Settings
 
 log = logging.getLogger(__name__)
 
+UPLOADED_FILES = (MODEL_FILE, METRICS_FILE)
+NOT_CONFIGURED = "GDRIVE_FOLDER_ID is not set"
+_MAX_UPLOAD_RECORDS = 50
+
 
 @dataclass
 class UploadResult:
+    """The body of ``POST /upload``."""
+
     version: str
     timestamp: str
     backup_dir: str
@@ -39,23 +56,180 @@ class UploadResult:
 def upload_to_storage(
     version: str, *, registry: Registry, settings: Settings, now: datetime | None = None
 ) -> UploadResult:
-    """Copy the version's model.joblib and metrics.json into upload/<YYYYMMDD_HHMMSS>/ atomically."""
-    vdir = registry.version_dir(version)
-    if not (vdir / METRICS_FILE).is_file():
-        raise NotEvaluatedError(f"version {version} has not been evaluated: run evaluate before upload")
-    stamp = (now or datetime.now(UTC)).strftime("%Y%m%d_%H%M%S")
-    dest = settings.upload_dir / stamp
-    staging = settings.upload_dir / f"{TMP_PREFIX}{stamp}"
-    settings.upload_dir.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    files = []
-    for name in (MODEL_FILE, METRICS_FILE):
-        shutil.copyfile(vdir / name, staging / name)
-        files.append({"name": name, "size": (staging / name).stat().st_size, "path": str(dest / name)})
-    fsync_dir(staging)
-    os.replace(staging, dest) if not dest.exists() else shutil.rmtree(staging)
-    log.info("backed up version %s to %s", version, dest)
-    return UploadResult(
-        version, stamp, str(Path(dest)), files, {"status": "skipped", "reason": "GDRIVE_FOLDER_ID is not set"}
+    """Back up ``version``'s model.joblib and metrics.json locally, then upload them to Google Drive.
+
+    Args:
+        version: a registry version.
+        registry: the model registry.
+        settings: UPLOAD_DIR and the Drive settings (GDRIVE_FOLDER_ID empty = local backup only).
+        now: the time that names the backup and the Drive folder (UTC), for tests.
+
+    Returns:
+        UploadResult; ``drive["status"]`` is ``"uploaded"`` or ``"skipped"`` (with ``reason``).
+
+    Raises:
+        ModelNotFoundError: no such version.
+        NotEvaluatedError: the version has no metrics.json yet.
+        ArtifactIntegrityError: its model.joblib is missing.
+        StorageError: Drive failed after retries (``DriveConfigError``: misconfigured); ``backup_dir`` says
+            where the local backup is.
+    """
+    with _upload_lock(registry.root):
+        vdir = registry.version_dir(version)
+        if not (vdir / MODEL_FILE).is_file():
+            raise ArtifactIntegrityError(f"version {version} has no {MODEL_FILE}; it cannot be uploaded")
+        if not (vdir / METRICS_FILE).is_file():
+            raise NotEvaluatedError(
+                f"version {version} has not been evaluated: run evaluate first "
+                f"(POST /evaluate or `python -m etl evaluate {version}`), then upload"
+            )
+        stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%d_%H%M%S")
+        backup_dir, files = write_backup(vdir, Path(settings.upload_dir), stamp)
+        log.info(
+            "backed up version %s to %s (%s)",
+            version,
+            backup_dir,
+            ", ".join(f"{f['name']} {f['size']} B" for f in files),
+        )
+
+        if not settings.gdrive_folder_id:
+            drive: dict[str, Any] = {
+                "status": "skipped",
+                "reason": NOT_CONFIGURED,
+                "folder_id": None,
+                "folder_name": None,
+                "files": [],
+                "retries": 0,
+            }
+            log.info("Google Drive upload skipped: %s", NOT_CONFIGURED)
+        else:
+            result = _upload_to_drive(version, registry, settings, backup_dir, stamp)
+            drive = {"status": "uploaded", "reason": None} | result.to_dict()
+        _record_upload(registry, version, stamp, backup_dir, drive)
+        return UploadResult(version, stamp, str(backup_dir), files, drive)
+
+
+@contextlib.contextmanager
+def _upload_lock(root: Path) -> Iterator[None]:
+    """One upload at a time across threads and worker processes: two at once would race to create the
+    version's Drive folder. (A flock belongs to the open file, so two opens conflict even in one process.)"""
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / ".upload.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def write_backup(vdir: Path, upload_dir: Path, stamp: str) -> tuple[Path, list[dict[str, Any]]]:
+    """Copy the version's files into ``upload_dir/<stamp>/`` through a temporary folder renamed into place.
+
+    A second backup in the same second gets ``<stamp>_2`` (``_3``, ...) unless the existing folder already
+    holds the same bytes, which is then reused.
+    """
+    upload_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{stamp}-", dir=upload_dir))
+    try:
+        files: list[dict[str, Any]] = []
+        for name in UPLOADED_FILES:
+            shutil.copyfile(vdir / name, staging / name)
+            with (staging / name).open("rb+") as fh:
+                os.fsync(fh.fileno())
+            files.append(
+                {"name": name, "size": (staging / name).stat().st_size, "md5": file_md5(staging / name)}
+            )
+        fsync_dir(staging)
+        for n in range(1, 100):
+            dest = upload_dir / (stamp if n == 1 else f"{stamp}_{n}")
+            if dest.exists():
+                if _same_backup(dest, files):
+                    shutil.rmtree(staging)
+                    break
+                continue
+            try:
+                os.rename(staging, dest)
+            except OSError:  # made by a concurrent writer between exists() and rename()
+                continue
+            fsync_dir(upload_dir)
+            break
+        else:
+            raise StorageError(
+                f"could not name a backup folder for {stamp} in {upload_dir}", step="local backup"
+            )
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    for f in files:
+        f["path"] = str(dest / f["name"])
+    return dest, files
+
+
+def _same_backup(dest: Path, files: list[dict[str, Any]]) -> bool:
+    return all((dest / f["name"]).is_file() and file_md5(dest / f["name"]) == f["md5"] for f in files) and {
+        p.name for p in dest.iterdir()
+    } == {f["name"] for f in files}
+
+
+def _upload_to_drive(
+    version: str, registry: Registry, settings: Settings, backup_dir: Path, stamp: str
+) -> DriveResult:
+    previous = registry.read_meta(version).get("drive")
+
+    def save(state: dict[str, Any]) -> None:
+        registry.update_meta(version, drive=state)
+
+    try:
+        return upload_to_drive(
+            [backup_dir / name for name in UPLOADED_FILES],
+            folder_name=stamp,
+            parent_folder_id=settings.gdrive_folder_id,
+            credentials_path=Path(settings.google_application_credentials),
+            scopes=settings.gdrive_scopes,
+            impersonate=settings.gdrive_impersonate or None,
+            api_endpoint=settings.gdrive_api_endpoint or None,
+            token_uri=settings.gdrive_token_uri or None,
+            ca_bundle=Path(settings.gdrive_ca_bundle) if settings.gdrive_ca_bundle else None,
+            timeout=settings.drive_timeout,
+            retry=RetryPolicy(
+                retries=settings.drive_retries,
+                max_seconds=settings.drive_retry_max_seconds,
+                base_seconds=settings.drive_retry_base_seconds,
+            ),
+            chunk_size=settings.drive_chunk_bytes,
+            previous=previous if isinstance(previous, dict) else None,
+            on_progress=save,
+        )
+    except StorageError as exc:
+        exc.backup_dir = str(backup_dir)
+        failed = registry.read_meta(version).get("drive") or {}
+        registry.update_meta(
+            version, drive={**failed, "status": "failed", "step": exc.step, "error": str(exc)}
+        )
+        _record_upload(registry, version, stamp, backup_dir, {"status": "failed", "step": exc.step})
+        log.error(
+            "Google Drive upload of version %s failed at step %r after %d retries: %s; local backup at %s",
+            version,
+            exc.step,
+            exc.retries,
+            exc,
+            backup_dir,
+        )
+        raise
+
+
+def _record_upload(
+    registry: Registry, version: str, stamp: str, backup_dir: Path, drive: dict[str, Any]
+) -> None:
+    """Append this upload to meta.json's ``uploads`` (the last few are kept)."""
+    uploads = list(registry.read_meta(version).get("uploads") or [])
+    uploads.append(
+        {
+            "timestamp": stamp,
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "backup_dir": str(backup_dir),
+            "drive_status": drive.get("status"),
+            "drive_folder_id": drive.get("folder_id"),
+        }
     )
+    registry.update_meta(version, uploads=uploads[-_MAX_UPLOAD_RECORDS:])

@@ -1,0 +1,310 @@
+"""upload_to_storage: the local backup always, then Google Drive (the Drive test server) when configured."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from sklearn.dummy import DummyClassifier
+from sklearn.pipeline import Pipeline
+
+from etl.errors import (
+    ArtifactIntegrityError,
+    DriveConfigError,
+    ModelNotFoundError,
+    NotEvaluatedError,
+    StorageError,
+)
+from etl.registry import Registry, new_version_name
+from etl.settings import Settings
+from etl.upload_results import upload_to_storage
+from tests.drive_server import DriveEnv, drive_env
+from tests.drive_server.keys import SA_EMAIL
+from tests.pipeline_support import make_settings
+
+NOW = datetime(2026, 3, 15, 10, 15, 0, tzinfo=UTC)
+STAMP = "20260315_101500"
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def make_version(registry: Registry, *, evaluated: bool = True, recall: float = 0.99) -> str:
+    """A registry version with a (tiny) model.joblib and, when ``evaluated``, a metrics.json."""
+    version = new_version_name("upload-test")
+    pipeline = Pipeline([("clf", DummyClassifier())])
+    registry.create_version(version, pipeline, {"threshold": 0.5}, pd.DataFrame({"Class": [0, 1]}))
+    if evaluated:
+        registry.write_metrics(version, {"recall": recall, "quality_gate": {"passed": True, "reasons": []}})
+    return version
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> tuple[Settings, Registry, str]:
+    settings = make_settings(tmp_path)
+    registry = Registry(settings.results_dir)
+    return settings, registry, make_version(registry)
+
+
+def test_upload_to_storage_without_folder_id_backs_up_locally_and_skips_drive(
+    local: tuple[Settings, Registry, str],
+):
+    settings, registry, version = local
+
+    result = upload_to_storage(version, registry=registry, settings=settings, now=NOW)
+
+    backup = settings.upload_dir / STAMP
+    vdir = registry.version_dir(version)
+    assert result.to_dict() == {
+        "version": version,
+        "timestamp": STAMP,
+        "backup_dir": str(backup),
+        "files": [
+            {
+                "name": name,
+                "size": (vdir / name).stat().st_size,
+                "md5": md5(vdir / name),
+                "path": str(backup / name),
+            }
+            for name in ("model.joblib", "metrics.json")
+        ],
+        "drive": {
+            "status": "skipped",
+            "reason": "GDRIVE_FOLDER_ID is not set",
+            "folder_id": None,
+            "folder_name": None,
+            "files": [],
+            "retries": 0,
+        },
+    }
+    for name in ("model.joblib", "metrics.json"):
+        assert (backup / name).read_bytes() == (vdir / name).read_bytes()
+    assert sorted(p.name for p in settings.upload_dir.iterdir()) == [STAMP]  # no temporary folder left
+    (record,) = registry.read_meta(version)["uploads"]
+    assert record["timestamp"] == STAMP and record["drive_status"] == "skipped"
+
+
+def test_upload_to_storage_unknown_version_is_model_not_found(local: tuple[Settings, Registry, str]):
+    settings, registry, _ = local
+
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        upload_to_storage("20990101T000000Z-deadbeef", registry=registry, settings=settings)
+    assert not settings.upload_dir.exists()
+
+
+def test_upload_to_storage_not_evaluated_version_is_refused(tmp_path: Path):
+    settings = make_settings(tmp_path)
+    registry = Registry(settings.results_dir)
+    version = make_version(registry, evaluated=False)
+
+    with pytest.raises(NotEvaluatedError) as info:
+        upload_to_storage(version, registry=registry, settings=settings)
+
+    assert str(info.value).startswith(f"version {version} has not been evaluated: run evaluate first")
+    assert not settings.upload_dir.exists()
+
+
+def test_upload_to_storage_missing_model_file_is_refused(local: tuple[Settings, Registry, str]):
+    settings, registry, version = local
+    (registry.version_dir(version) / "model.joblib").unlink()
+
+    with pytest.raises(ArtifactIntegrityError, match=f"version {version} has no model.joblib"):
+        upload_to_storage(version, registry=registry, settings=settings)
+
+
+def test_upload_to_storage_twice_in_one_second_reuses_an_identical_backup(
+    local: tuple[Settings, Registry, str],
+):
+    settings, registry, version = local
+    other = make_version(registry, recall=0.97)  # other bytes
+
+    first = upload_to_storage(version, registry=registry, settings=settings, now=NOW)
+    again = upload_to_storage(version, registry=registry, settings=settings, now=NOW)
+    different = upload_to_storage(other, registry=registry, settings=settings, now=NOW)
+
+    assert first.backup_dir == again.backup_dir == str(settings.upload_dir / STAMP)
+    assert different.backup_dir == str(settings.upload_dir / f"{STAMP}_2")
+    assert different.timestamp == STAMP
+    assert sorted(p.name for p in settings.upload_dir.iterdir()) == [STAMP, f"{STAMP}_2"]
+
+
+def test_upload_to_storage_failed_copy_leaves_no_partial_backup(
+    local: tuple[Settings, Registry, str], monkeypatch: pytest.MonkeyPatch
+):
+    settings, registry, version = local
+    real_copy = __import__("shutil").copyfile
+    calls: list[str] = []
+
+    def failing_copy(src: object, dst: object) -> object:
+        calls.append(str(src))
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real_copy(src, dst)
+
+    monkeypatch.setattr("etl.upload_results.shutil.copyfile", failing_copy)
+
+    with pytest.raises(OSError, match="No space left"):
+        upload_to_storage(version, registry=registry, settings=settings, now=NOW)
+    assert list(settings.upload_dir.iterdir()) == []
+
+
+# -- with the Drive test server --------------------------------------------------------------------
+@pytest.fixture
+def drive(tmp_path: Path) -> Iterator[DriveEnv]:
+    with drive_env(tmp_path / "drive") as env:
+        yield env
+
+
+@pytest.fixture
+def with_drive(tmp_path: Path, drive: DriveEnv) -> tuple[Settings, Registry, str]:
+    settings = make_settings(tmp_path, **drive.settings_overrides())
+    registry = Registry(settings.results_dir)
+    return settings, registry, make_version(registry)
+
+
+@pytest.mark.integration
+def test_upload_to_storage_uploads_to_drive_and_records_ids_in_meta(
+    drive: DriveEnv, with_drive: tuple[Settings, Registry, str]
+):
+    settings, registry, version = with_drive
+
+    result = upload_to_storage(version, registry=registry, settings=settings, now=NOW)
+
+    d = result.drive
+    assert d["status"] == "uploaded" and d["reason"] is None
+    assert d["folder_name"] == STAMP and d["retries"] == 0
+    (folder,) = drive.state.children(drive.parent_id, folders=True)
+    assert d["folder_id"] == folder.id and folder.name == STAMP
+    vdir = registry.version_dir(version)
+    stored = {f.name: f for f in drive.state.children(folder.id)}
+    assert [(f["name"], f["id"], f["md5"]) for f in d["files"]] == [
+        (name, stored[name].id, md5(vdir / name)) for name in ("model.joblib", "metrics.json")
+    ]
+    assert all(stored[n].content == (vdir / n).read_bytes() for n in stored)
+    meta = registry.read_meta(version)
+    assert meta["drive"] == {
+        "parent_folder_id": drive.parent_id,
+        "folder_name": STAMP,
+        "folder_id": folder.id,
+        "files": {f["name"]: {"id": f["id"], "size": f["size"], "md5": f["md5"]} for f in d["files"]},
+        "status": "uploaded",
+    }
+    assert meta["uploads"][-1]["drive_folder_id"] == folder.id
+
+
+@pytest.mark.integration
+def test_upload_to_storage_drive_down_keeps_the_backup_then_a_retry_completes_without_duplicates(
+    drive: DriveEnv, with_drive: tuple[Settings, Registry, str]
+):
+    settings, registry, version = with_drive
+    vdir = registry.version_dir(version)
+    # the folder gets made, then every media upload fails: Drive "stays down" for this attempt
+    drive.state.inject("upload.init", status=503, times=1000)
+
+    with pytest.raises(StorageError) as info:
+        upload_to_storage(version, registry=registry, settings=settings, now=NOW)
+
+    backup = settings.upload_dir / STAMP
+    assert info.value.step == "upload model.joblib"
+    assert info.value.backup_dir == str(backup)
+    assert info.value.retries == settings.drive_retries
+    assert all((backup / n).read_bytes() == (vdir / n).read_bytes() for n in ("model.joblib", "metrics.json"))
+    failed = registry.read_meta(version)["drive"]
+    assert failed["status"] == "failed" and failed["step"] == "upload model.joblib"
+    assert failed["folder_name"] == STAMP and failed["folder_id"]
+
+    drive.state.clear_faults()
+    later = datetime(2026, 3, 15, 11, 0, 0, tzinfo=UTC)
+    result = upload_to_storage(version, registry=registry, settings=settings, now=later)
+
+    assert result.drive["status"] == "uploaded"
+    assert result.drive["folder_id"] == failed["folder_id"] and result.drive["folder_name"] == STAMP
+    assert result.backup_dir == str(settings.upload_dir / "20260315_110000")
+    (folder,) = drive.state.children(drive.parent_id, folders=True)
+    stored = sorted((f.name, f.md5) for f in drive.state.children(folder.id))
+    assert stored == sorted((n, md5(vdir / n)) for n in ("model.joblib", "metrics.json"))
+
+    # and once more: nothing new in Drive
+    third = upload_to_storage(version, registry=registry, settings=settings)
+    assert third.drive["skipped"] == ["model.joblib", "metrics.json"]
+    assert len(drive.state.children(folder.id)) == 2
+    assert len(drive.state.children(drive.parent_id, folders=True)) == 1
+
+
+@pytest.mark.integration
+def test_upload_to_storage_concurrent_uploads_of_one_version_make_one_folder(
+    drive: DriveEnv, with_drive: tuple[Settings, Registry, str]
+):
+    settings, registry, version = with_drive
+    # slow listings widen the window in which two unsynchronised uploads would both create a folder
+    drive.state.inject("files.list", "slow", delay=0.5, times=2)
+    outcomes: list[object] = []
+
+    def upload() -> None:
+        try:
+            outcomes.append(upload_to_storage(version, registry=registry, settings=settings, now=NOW))
+        except Exception as exc:  # collected, then asserted below
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=upload) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+
+    assert all(not isinstance(o, Exception) for o in outcomes) and len(outcomes) == 2, outcomes
+    (folder,) = drive.state.children(drive.parent_id, folders=True)
+    assert sorted(f.name for f in drive.state.children(folder.id)) == ["metrics.json", "model.joblib"]
+
+
+@pytest.mark.integration
+def test_upload_to_storage_drive_config_error_keeps_the_backup_and_names_it(
+    drive: DriveEnv, tmp_path: Path, with_drive: tuple[Settings, Registry, str]
+):
+    _, registry, version = with_drive
+    settings = make_settings(tmp_path, **drive.settings_overrides(gdrive_folder_id="1Missing"))
+
+    with pytest.raises(DriveConfigError) as info:
+        upload_to_storage(version, registry=registry, settings=settings, now=NOW)
+
+    assert info.value.backup_dir == str(settings.upload_dir / STAMP)
+    assert (settings.upload_dir / STAMP / "model.joblib").is_file()
+    assert "GDRIVE_FOLDER_ID=1Missing" in str(info.value) and SA_EMAIL in str(info.value)
+    meta = registry.read_meta(version)
+    assert meta["drive"]["status"] == "failed" and meta["drive"]["step"] == "check folder"
+
+
+@pytest.mark.integration
+def test_upload_to_storage_missing_key_file_keeps_the_backup(
+    drive: DriveEnv, tmp_path: Path, with_drive: tuple[Settings, Registry, str]
+):
+    _, registry, version = with_drive
+    absent = tmp_path / "secrets" / "drive_sa.json"
+    settings = make_settings(tmp_path, **drive.settings_overrides(google_application_credentials=absent))
+
+    with pytest.raises(DriveConfigError) as info:
+        upload_to_storage(version, registry=registry, settings=settings, now=NOW)
+
+    assert f"Google credentials file not found: {absent}" in str(info.value)
+    assert info.value.backup_dir == str(settings.upload_dir / STAMP)
+    assert drive.state.calls == []
+
+
+@pytest.mark.integration
+def test_upload_to_storage_meta_never_holds_key_material_or_tokens(
+    drive: DriveEnv, with_drive: tuple[Settings, Registry, str]
+):
+    settings, registry, version = with_drive
+    drive.state.inject("upload.chunk", "drop")
+
+    upload_to_storage(version, registry=registry, settings=settings, now=NOW)
+
+    meta_text = json.dumps(registry.read_meta(version))
+    assert [s for s in drive.leaked_secrets() if s in meta_text] == []
