@@ -44,7 +44,7 @@ class EvaluateSummary:
     promoted: bool
     served_version: str | None
     duration_seconds: float = 0.0
-    promote_error: str | None = field(default=None)
+    promote_duration_seconds: float | None = field(default=None)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -171,9 +171,18 @@ def evaluate_version(
         "" if verdict.passed else ": " + "; ".join(verdict.reasons),
     )
     promoted = False
+    promote_seconds = None
     if promote and verdict.passed:
+        promote_started = time.monotonic()
         registry.promote(version)
+        promote_seconds = time.monotonic() - promote_started
         promoted = True
     return EvaluateSummary(
-        version, metrics, verdict, promoted, registry.served_version(), time.monotonic() - started
+        version,
+        metrics,
+        verdict,
+        promoted,
+        registry.served_version(),
+        time.monotonic() - started,
+        promote_seconds,
     )

@@ -80,14 +80,21 @@ class Registry:
         return path
 
     def versions(self) -> list[str]:
-        """Every complete version, oldest first."""
+        """Every complete version, oldest first (names from the same second ordered by creation time)."""
         if not self.models_dir.is_dir():
             return []
-        return sorted(
+        names = [
             p.name
             for p in self.models_dir.iterdir()
             if VERSION_RE.match(p.name) and (p / META_FILE).is_file()
-        )
+        ]
+        return sorted(names, key=lambda n: (n[:16], self._created_ns(n), n))
+
+    def _created_ns(self, version: str) -> int:
+        try:
+            return int(read_json(self.models_dir / version / META_FILE).get("created_ns", 0))
+        except (OSError, ValueError, TypeError, AttributeError):
+            return 0
 
     def latest_version(self) -> str:
         versions = self.versions()
@@ -224,6 +231,21 @@ class Registry:
             return None
         return version if isinstance(version, str) and VERSION_RE.match(version) else None
 
+    def last_promotion_time(self) -> float | None:
+        """Unix time the served pointer last switched (its file's mtime), or None."""
+        try:
+            return self.pointer.stat().st_mtime if self.served_version() else None
+        except FileNotFoundError:
+            return None
+
+    def last_training_time(self) -> float | None:
+        """Unix time the newest version was registered, or None."""
+        versions = self.versions()
+        if not versions:
+            return None
+        created_ns = self.read_meta(versions[-1]).get("created_ns")
+        return created_ns / 1e9 if isinstance(created_ns, int) else None
+
     def require_served(self) -> str:
         version = self.served_version()
         if version is None:
@@ -283,10 +305,15 @@ class Registry:
         """
         removed: list[str] = []
         if self.models_dir.is_dir():
-            for p in self.models_dir.iterdir():
-                if p.name.startswith(TMP_PREFIX):
-                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-                    removed.append(str(p))
+            try:
+                # a staging folder belongs to a training; if one is running (another process), it is not ours
+                with self.training_lock():
+                    for p in self.models_dir.iterdir():
+                        if p.name.startswith(TMP_PREFIX):
+                            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                            removed.append(str(p))
+            except TrainingInProgressError:
+                log.info("a training is running in another process: its staging folder is left alone")
             for vdir in self.models_dir.iterdir():
                 if vdir.is_dir():
                     for tmp in vdir.glob(f"{TMP_PREFIX}*"):
@@ -299,13 +326,20 @@ class Registry:
         served = self.served_version()
         if served is not None:
             try:
-                meta = self.read_meta(served)
+                meta = self.verify(served)  # never copy a damaged or tampered file over the mirror
                 mirror = self.root / MODEL_FILE
-                if not mirror.is_file() or sha256_file(mirror) != meta.get("model_sha256"):
+                metrics_mirror = self.root / METRICS_FILE
+                served_metrics = self.version_dir(served) / METRICS_FILE
+                if (
+                    not mirror.is_file()
+                    or sha256_file(mirror) != meta.get("model_sha256")
+                    or not metrics_mirror.is_file()
+                    or metrics_mirror.read_bytes() != served_metrics.read_bytes()
+                ):
                     with self.write_lock():
                         self._mirror(served)
                     log.warning("re-synced results/%s with served version %s", MODEL_FILE, served)
-            except (ModelNotFoundError, FileNotFoundError) as exc:
+            except (ModelNotFoundError, ArtifactIntegrityError, FileNotFoundError) as exc:
                 log.error("served pointer names an unusable version %s: %s", served, exc)
         if removed:
             log.warning("removed %d leftover temporary file(s) from an interrupted run", len(removed))

@@ -112,6 +112,13 @@ def validate_and_preprocess(frame: pd.DataFrame) -> PreparedData:
             raise DataValidationError(
                 f"column {col!r} has non-numeric value(s) {sample} at {_lines(frame.index[bad])}"
             )
+        # inf, or beyond 2**53 (float64 stops being exact, int64 would wrap): not a usable integer
+        huge = values.notna() & (values.abs() > 2**53)
+        if huge.any():
+            sample = text[huge].head(3).tolist()
+            raise DataValidationError(
+                f"column {col!r} has non-finite or too large value(s) {sample} at {_lines(frame.index[huge])}"
+            )
         fractional = values.notna() & (values != np.floor(values.fillna(0)))
         if fractional.any():
             sample = values[fractional].head(3).tolist()

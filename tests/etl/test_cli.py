@@ -1,0 +1,207 @@
+"""``python -m etl``: each subcommand as a real subprocess with its state in tmp dirs; exit codes, output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, SHARED_CSV, free_port
+from tests.pipeline_support import copy_tree
+
+SHARED_SHA256 = "7efcfc593f86f3d898df92a8fec32e64ce84195647bd3a8a2d48c68c005767f4"
+
+
+def etl_cli(workdir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m etl ARGS`` with cwd and all state under ``workdir`` (no .env is read)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("GATE_", "DATA_", "GDRIVE_"))}
+    full_env.update(
+        {
+            "PYTHONPATH": str(ROOT),
+            "DATA_URL": str(SHARED_CSV),
+            "DATA_DIR": str(workdir / "data"),
+            "RESULTS_DIR": str(workdir / "results"),
+            "UPLOAD_DIR": str(workdir / "upload"),
+            "DOWNLOAD_RETRIES": "0",
+            **env,
+        }
+    )
+    workdir.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(
+        [sys.executable, "-m", "etl", *args],
+        cwd=workdir,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _json(proc: subprocess.CompletedProcess[str]) -> Any:
+    assert proc.stdout, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """One full ``python -m etl run``; tests copy its workdir."""
+    workdir = tmp_path_factory.mktemp("cli-template")
+    return workdir, etl_cli(workdir, "run")
+
+
+@pytest.fixture
+def workdir(ran, tmp_path: Path) -> Path:
+    template, proc = ran
+    assert proc.returncode == 0, proc.stderr
+    return copy_tree(template, tmp_path / "w")
+
+
+def _served(workdir: Path) -> str:
+    return json.loads((workdir / "results" / "current.json").read_text())["version"]
+
+
+def test_cli_run_trains_evaluates_promotes_and_backs_up(ran):
+    template, proc = ran
+    assert proc.returncode == 0, proc.stderr
+    out = _json(proc)
+    version = out["version"]
+    assert out["promoted"] is True
+    assert out["rows"]["raw"] == 699 and out["rows"]["train"] + out["rows"]["test"] == out["rows"]["clean"]
+    assert out["metrics"]["recall"] >= 0.95 and out["metrics"]["accuracy"] >= 0.95
+    assert set(out["cv"]) >= {"accuracy", "recall"}
+    assert out["drive"]["status"] == "skipped"
+    backup = Path(out["backup_dir"])
+    assert backup.parent == template / "upload"
+    assert sorted(p.name for p in backup.iterdir()) == ["metrics.json", "model.joblib"]
+    assert _served(template) == version
+    vdir = template / "results" / "models" / version
+    assert (backup / "model.joblib").read_bytes() == (vdir / "model.joblib").read_bytes()
+    assert (template / "results" / "model.joblib").read_bytes() == (vdir / "model.joblib").read_bytes()
+    assert "train: version" in proc.stderr and "evaluate: version" in proc.stderr  # steps log what they did
+
+
+def test_cli_models_lists_versions_with_status(workdir: Path):
+    proc = etl_cli(workdir, "models")
+    assert proc.returncode == 0, proc.stderr
+    out = _json(proc)
+    served = _served(workdir)
+    assert out["served_version"] == served
+    assert [(m["version"], m["status"], m["served"]) for m in out["models"]] == [(served, "passed", True)]
+    assert out["models"][0]["recall"] >= 0.95
+
+
+def test_cli_models_empty_registry(tmp_path: Path):
+    proc = etl_cli(tmp_path, "models")
+    assert proc.returncode == 0, proc.stderr
+    assert _json(proc) == {"served_version": None, "models": []}
+
+
+def test_cli_evaluate_without_promote_judges_only(workdir: Path):
+    served = _served(workdir)
+    proc = etl_cli(workdir, "evaluate", "--no-promote")
+    assert proc.returncode == 0, proc.stderr
+    out = _json(proc)
+    assert out["version"] == served and out["gate"]["passed"] is True and out["promoted"] is False
+
+
+def test_cli_evaluate_gate_failure_exits_3(workdir: Path):
+    served = _served(workdir)
+    proc = etl_cli(workdir, "evaluate", served, "--no-promote", GATE_MIN_RECALL="1.0")
+    assert proc.returncode == 3, proc.stderr
+    out = _json(proc)
+    assert out["gate"]["passed"] is False and out["promoted"] is False
+    assert any(r.startswith("recall =") for r in out["gate"]["reasons"])
+
+
+def test_cli_train_then_rollback(workdir: Path):
+    v1 = _served(workdir)
+    trained = etl_cli(workdir, "train")
+    assert trained.returncode == 0, trained.stderr
+    v2 = _json(trained)["version"]
+    assert v2 > v1 and _served(workdir) == v1  # training alone does not serve
+    evaluated = etl_cli(workdir, "evaluate", v2)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert _json(evaluated)["promoted"] is True and _served(workdir) == v2
+
+    proc = etl_cli(workdir, "rollback", v1)
+
+    assert proc.returncode == 0, proc.stderr
+    assert _json(proc) == {"version": v1, "previous_version": v2, "promoted": True}
+    assert _served(workdir) == v1
+    v1_model = workdir / "results" / "models" / v1 / "model.joblib"
+    assert (workdir / "results" / "model.joblib").read_bytes() == v1_model.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("version", "expected"),
+    [("20200101T000000Z-deadbeef", "does not exist"), ("latest", "is not a model version")],
+)
+def test_cli_rollback_unknown_version_exits_1(workdir: Path, version: str, expected: str):
+    served = _served(workdir)
+    proc = etl_cli(workdir, "rollback", version)
+    assert proc.returncode == 1
+    assert expected in proc.stderr and proc.stdout == ""
+    assert _served(workdir) == served
+
+
+def test_cli_load_reports_file_and_counts(tmp_path: Path):
+    proc = etl_cli(tmp_path, "load")
+    assert proc.returncode == 0, proc.stderr
+    out = _json(proc)
+    assert out["sha256"] == SHARED_SHA256
+    assert Path(out["path"]) == tmp_path / "data" / "raw" / f"{SHARED_SHA256}.csv"
+    assert out["rows"]["raw"] == 699 and out["rows"]["missing_dropped"] == 16
+    assert out["rows"]["duplicates_dropped"] == 8
+    assert out["classes"] == {"0": 439, "1": 236}
+
+
+@pytest.mark.parametrize("source", ["missing-file", "unreachable-url"])
+def test_cli_load_bad_source_exits_1_naming_data_url(tmp_path: Path, source: str):
+    url = str(tmp_path / "nope.csv") if source == "missing-file" else f"http://127.0.0.1:{free_port()}/x.csv"
+    proc = etl_cli(tmp_path, "load", DATA_URL=url)
+    assert proc.returncode == 1
+    assert url in proc.stderr and "DATA_URL" in proc.stderr
+
+
+def test_cli_upload_backs_up_served_version(workdir: Path):
+    served = _served(workdir)
+    proc = etl_cli(workdir, "upload")
+    assert proc.returncode == 0, proc.stderr
+    out = _json(proc)
+    assert out["version"] == served and out["drive"]["status"] == "skipped"
+    assert sorted(p.name for p in Path(out["backup_dir"]).iterdir()) == ["metrics.json", "model.joblib"]
+
+
+def test_cli_run_failure_with_fallback_serves_earlier_model(workdir: Path, tmp_path: Path):
+    served = _served(workdir)
+    proc = etl_cli(workdir, "run", "--serve-fallback", DATA_URL=str(tmp_path / "missing.csv"))
+    assert proc.returncode == 0, proc.stderr
+    assert "pipeline failed" in proc.stderr and "missing.csv" in proc.stderr
+    assert f"serving the earlier promoted version {served}" in proc.stderr
+    assert _served(workdir) == served
+
+
+def test_cli_run_failure_without_earlier_model_exits_1(tmp_path: Path):
+    proc = etl_cli(tmp_path, "run", "--serve-fallback", DATA_URL=str(tmp_path / "missing.csv"))
+    assert proc.returncode == 1
+    assert "run failed" in proc.stderr and "DATA_URL" in proc.stderr
+    assert not (tmp_path / "results" / "current.json").exists()
+
+
+def test_cli_run_bad_data_exits_1_with_validation_message(tmp_path: Path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text('"Id","Class"\n"1",0\n')
+    proc = etl_cli(tmp_path, "run", DATA_URL=str(bad))
+    assert proc.returncode == 1
+    assert "missing column(s)" in proc.stderr
+
+
+def test_cli_invalid_setting_exits_2(tmp_path: Path):
+    proc = etl_cli(tmp_path, "models", TEST_SIZE="0.9")
+    assert proc.returncode == 2
+    assert "invalid settings" in proc.stderr and "test_size" in proc.stderr
