@@ -65,5 +65,8 @@ test: $(STAMP) system-deps airflow-venv  ## the whole suite: lint, types, unit, 
 	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest -q
 
+bench: $(STAMP) system-deps  ## benchmark /predict vs a bare ASGI floor, and /predict/batch (BENCH_ARGS=--help)
+	$(PY) bench/run.py $(BENCH_ARGS)
+
 clean:  ## remove environments, caches and local artifacts (keeps secrets/)
 	rm -rf $(VENV) $(AIRFLOW_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis data results upload bench/results

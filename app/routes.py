@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from app import metrics
 from app.auth import require_token
 from app.errors import error_responses
+from app.fastpath import predict_many, predict_one
 from app.schemas import (
     CurrentModelResponse,
     EvaluateRequest,
@@ -35,7 +36,6 @@ from app.state import ModelHolder
 from etl import pipeline
 from etl.errors import EtlError, NoServedModelError, StorageError
 from etl.evaluate import HEADLINE
-from etl.features import LABELS
 from etl.registry import Registry
 from etl.settings import Settings
 from etl.upload_results import upload_to_storage
@@ -84,17 +84,7 @@ def _timed_step(step: str, fn: Callable[[], T]) -> T:
 )
 async def predict(body: PredictRequest, holder: HolderDep) -> dict[str, Any]:
     """Classify one tumour from its nine cytology scores with the served model (research use only)."""
-    model = holder.get()
-    p = model.scorer.proba_one(body.row())
-    cls = 1 if p >= model.threshold else 0
-    metrics.record_predictions([p], [cls])
-    return {
-        "label": LABELS[cls],
-        "class": cls,
-        "probability_malignant": p,
-        "threshold": model.threshold,
-        "model_version": model.version,
-    }
+    return predict_one(holder.get(), body.row())
 
 
 @router.post(
@@ -111,20 +101,7 @@ def predict_batch(body: PredictBatchRequest, holder: HolderDep, settings: Settin
         msg = f"at most MAX_BATCH={settings.max_batch} instances per request, got {len(body.instances)}"
         raise RequestValidationError([{"loc": ("body", "instances"), "msg": msg, "type": "too_long"}])
     model = holder.get()
-    X = np.array([inst.row() for inst in body.instances], dtype=float)
-    probs = model.scorer.proba(X).tolist()
-    threshold = model.threshold
-    classes = [1 if p >= threshold else 0 for p in probs]
-    metrics.BATCH_ROWS.observe(len(probs))
-    metrics.record_predictions(probs, classes)
-    return {
-        "model_version": model.version,
-        "threshold": threshold,
-        "predictions": [
-            {"label": LABELS[c], "class": c, "probability_malignant": p}
-            for p, c in zip(probs, classes, strict=True)
-        ],
-    }
+    return predict_many(model, np.array([inst.row() for inst in body.instances], dtype=float))
 
 
 # --- probes -------------------------------------------------------------------------------------
@@ -189,6 +166,7 @@ def evaluate(
         metrics.GATE_FAILURES.inc()
     if summary.promoted:
         metrics.STEP_OUTCOMES.labels("promote", "success").inc()
+        metrics.STEP_DURATION.labels("promote").observe(summary.promote_duration_seconds or 0.0)
         metrics.LAST_PROMOTION.set(time.time())
         holder.refresh()
     return summary.to_dict()
