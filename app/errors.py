@@ -88,7 +88,7 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 400:
             # FastAPI answers 400 "There was an error parsing the body" for a body that is not UTF-8; the
             # API documents every unreadable body as a 422, like a JSON syntax error
-            msg = "request body is not valid UTF-8 JSON"
+            msg = "request body could not be parsed as JSON (UTF-8)"
             return JSONResponse({"detail": [{"loc": ["body"], "msg": msg, "type": "json_invalid"}]}, 422)
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 

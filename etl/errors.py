@@ -15,6 +15,10 @@ class DataFormatError(EtlError):
     """The data source answered, but not with a usable CSV (HTML page, oversized, unparsable)."""
 
 
+class DataSourceNotAllowedError(DataFormatError):
+    """A caller named a local file outside DATA_DIR as the data source."""
+
+
 class DataValidationError(EtlError):
     """The CSV parsed, but its columns or values break the schema."""
 

@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 
 import httpx
 
-from etl.errors import DataFormatError, DataSourceError
+from etl.errors import DataFormatError, DataSourceError, DataSourceNotAllowedError
 from etl.io import TMP_PREFIX, fsync_dir
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,26 @@ class LoadResult:
 
 def is_url(source: str) -> bool:
     return urlparse(source).scheme in ("http", "https")
+
+
+def check_override_source(source: str, *, default_source: str, data_dir: Path) -> None:
+    """Refuse a caller-supplied local path outside DATA_DIR (an http(s) URL or the configured source is fine).
+
+    ``POST /train`` lets a caller name another data source; without this a token holder could make the
+    service read any file it can open and echo parts of it back in validation errors.
+
+    Raises:
+        DataSourceNotAllowedError: a local path that is neither DATA_URL nor inside DATA_DIR.
+    """
+    if is_url(source) or source == default_source:
+        return
+    root = data_dir.resolve()
+    path = Path(source).expanduser().resolve()
+    if path != root and root not in path.parents:
+        raise DataSourceNotAllowedError(
+            f"data_url {source!r} is a local path outside DATA_DIR ({root}); give an http(s) URL, or put the "
+            "file under DATA_DIR"
+        )
 
 
 def _looks_like_html(head: bytes) -> bool:

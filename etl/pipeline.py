@@ -13,7 +13,7 @@ from typing import Any
 from etl.evaluate import classification_metrics, evaluate_model, predict_proba
 from etl.features import TARGET_COLUMN
 from etl.gate import GateVerdict, check_quality_gate
-from etl.load import load_data
+from etl.load import check_override_source, load_data
 from etl.registry import Registry, new_version_name
 from etl.settings import Settings
 from etl.train import train_model
@@ -65,6 +65,8 @@ def train_version(settings: Settings, registry: Registry, data_url: str | None =
         DataSourceError, DataFormatError, DataValidationError: the data could not be used.
     """
     source = data_url or settings.data_url
+    if data_url:
+        check_override_source(data_url, default_source=settings.data_url, data_dir=settings.data_dir)
     with registry.training_lock():
         started = time.monotonic()
         loaded = load_data(

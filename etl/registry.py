@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
 import logging
 import os
 import re
@@ -203,19 +204,32 @@ class Registry:
         path = self.version_dir(version) / MODEL_FILE
         if not path.is_file():
             raise ArtifactIntegrityError(f"version {version} has no {MODEL_FILE}")
-        actual = sha256_file(path)
+        self._check_sha256(version, sha256_file(path), meta)
+        return meta
+
+    @staticmethod
+    def _check_sha256(version: str, actual: str, meta: dict[str, Any]) -> None:
         if actual != meta.get("model_sha256"):
             raise ArtifactIntegrityError(
                 f"{MODEL_FILE} of version {version} fails its integrity check: sha256 {actual[:12]}... does "
                 f"not match {str(meta.get('model_sha256'))[:12]}... recorded at training; it was changed or "
                 "damaged, so it will not be loaded"
             )
-        return meta
 
     def load_pipeline(self, version: str) -> tuple[Pipeline, dict[str, Any]]:
-        """Verify, then unpickle. A file whose sha256 does not match is never unpickled."""
-        meta = self.verify(version)
-        pipeline = joblib.load(self.version_dir(version) / MODEL_FILE)
+        """Verify, then unpickle. A file whose sha256 does not match is never unpickled.
+
+        The file is read once and the verified bytes are the ones unpickled, so a file replaced between
+        the check and the load is never unpickled either.
+        """
+        meta = self.read_meta(version)
+        path = self.version_dir(version) / MODEL_FILE
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ArtifactIntegrityError(f"version {version} has no {MODEL_FILE}") from None
+        self._check_sha256(version, hashlib.sha256(data).hexdigest(), meta)
+        pipeline = joblib.load(io.BytesIO(data))
         if not isinstance(pipeline, Pipeline):
             raise ArtifactIntegrityError(f"{MODEL_FILE} of version {version} is not a scikit-learn Pipeline")
         return pipeline, meta

@@ -381,10 +381,19 @@ def _bad_data(tmp: Path, kind: str) -> Path:
     ],
 )
 def test_train_bad_data_422(client: TestClient, served: Served, tmp_path: Path, kind: str, expected: str):
-    path = _bad_data(tmp_path, kind)
+    (served.base / "data").mkdir(exist_ok=True)
+    path = _bad_data(served.base / "data", kind)  # local overrides must live under DATA_DIR
     r = client.post("/train", headers=AUTH, json={"data_url": str(path)})
     assert r.status_code == 422
     assert expected in r.json()["detail"]
+    assert served.registry.versions() == [served.version]
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "../../etc/hostname", "data/../../outside.csv"])
+def test_train_local_path_outside_data_dir_422(client: TestClient, served: Served, path: str):
+    r = client.post("/train", headers=AUTH, json={"data_url": path})
+    assert r.status_code == 422
+    assert "outside DATA_DIR" in r.json()["detail"]
     assert served.registry.versions() == [served.version]
 
 
