@@ -1,0 +1,139 @@
+"""Artifact integrity: a model.joblib changed after training is never loaded, and never unpickled.
+
+The tampered file is a pickle whose ``__reduce__`` writes a marker file: if anything unpickled it, the marker
+would appear. A control load of the same payload proves that it would.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+import joblib
+import pytest
+
+from tests.conftest import Service, start_service
+from tests.hardening.conftest import (
+    PREDICT_BODY,
+    TOKEN,
+    client,
+    malicious_pickle,
+    poll,
+    sha256_file,
+    train_and_promote,
+    wait_serving,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def _train_unserved(service: Service) -> str:
+    """A second version that passed the gate but is not served (promote=false)."""
+    with client(service) as c:
+        r = c.post("/train")
+        assert r.status_code == 200, r.text
+        version = r.json()["version"]
+        r = c.post("/evaluate", json={"version": version, "promote": False})
+        assert r.status_code == 200 and r.json()["gate"]["passed"] is True, r.text
+    return version
+
+
+def _predict_version(service: Service) -> str:
+    r = httpx.post(service.url + "/predict", json=PREDICT_BODY, timeout=10)
+    assert r.status_code == 200, r.text
+    return str(r.json()["model_version"])
+
+
+def test_integrity_control_payload_runs_code_when_unpickled(tmp_path: Path) -> None:
+    marker = tmp_path / "control-marker"
+    path = tmp_path / "model.joblib"
+    path.write_bytes(malicious_pickle(marker))
+    joblib.load(path)  # what the registry would do without the sha256 check
+    assert marker.read_text() == "unpickled"
+
+
+def test_integrity_tampered_candidate_refused_at_promotion_evaluate_and_pointer_switch(
+    promoted_service: tuple[Service, str], tmp_path: Path
+) -> None:
+    service, served = promoted_service
+    candidate = _train_unserved(service)
+    marker = tmp_path / "marker"
+    model = service.results_dir / "models" / candidate / "model.joblib"
+    model.write_bytes(malicious_pickle(marker))
+    mirror_before = sha256_file(service.results_dir / "model.joblib")
+
+    with client(service) as c:
+        r = c.post(f"/models/{candidate}/promote")
+        assert r.status_code == 409, r.text
+        assert "integrity check" in r.json()["detail"] and candidate in r.json()["detail"], r.text
+        r = c.post("/evaluate", json={"version": candidate})
+        assert r.status_code == 409, r.text
+        assert "integrity check" in r.json()["detail"], r.text
+    assert _predict_version(service) == served
+
+    # another process switches the pointer to the tampered version: the watcher refuses it, keeps serving
+    pointer = service.results_dir / "current.json"
+    pointer.write_text(json.dumps({"version": candidate}))
+    assert poll(lambda: f"cannot serve version {candidate}" in service.log(), 10), service.log()[-2000:]
+    time.sleep(0.5)  # a few more watcher polls
+    assert _predict_version(service) == served
+    r = httpx.get(service.url + "/ready", timeout=10)
+    assert r.status_code == 200 and r.json()["model_version"] == served, r.text
+
+    # restart with the pointer on the tampered version: nothing is unpickled, the mirror is not overwritten
+    service.stop()
+    service2 = start_service(service.workdir, data_url=service.env["DATA_URL"], token=TOKEN)
+    try:
+        r = httpx.get(service2.url + "/ready", timeout=10)
+        assert r.status_code == 503 and "no model is served" in r.json()["detail"], r.text
+        r = httpx.post(service2.url + "/predict", json=PREDICT_BODY, timeout=10)
+        assert r.status_code == 503 and r.json()["detail"], r.text
+        assert "fails its integrity check" in service2.log(), service2.log()[-2000:]
+        assert sha256_file(service.results_dir / "model.joblib") == mirror_before, (
+            "results/model.joblib was overwritten with the tampered file"
+        )
+        # an operator rolls back to the good version: serving resumes
+        with client(service2) as c:
+            r = c.post(f"/models/{served}/promote")
+            assert r.status_code == 200 and r.json()["previous_version"] == candidate, r.text
+        wait_serving(service2, served)
+    finally:
+        service2.stop()
+    assert not marker.exists(), "a file whose sha256 does not match was unpickled"
+    print(f"\nintegrity: tampered {candidate} refused at promote, evaluate, pointer switch and start-up")
+
+
+def test_integrity_served_model_changed_on_disk_refused_at_start(
+    promoted_service: tuple[Service, str],
+) -> None:
+    service, served = promoted_service
+    other = _train_unserved(service)
+    service.stop()
+    model = service.results_dir / "models" / served / "model.joblib"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit
+    model.write_bytes(bytes(data))
+
+    service2 = start_service(service.workdir, data_url=service.env["DATA_URL"], token=TOKEN)
+    try:
+        r = httpx.get(service2.url + "/ready", timeout=10)
+        assert r.status_code == 503, r.text
+        log = service2.log()
+        assert f"cannot serve version {served}" in log and "fails its integrity check" in log, log[-2000:]
+        with client(service2) as c:
+            # evaluating a candidate compares it with the served model, which cannot be loaded: refused
+            r = c.post("/evaluate", json={"version": other})
+            assert r.status_code == 409 and "integrity check" in r.json()["detail"], r.text
+            # promoting the tampered version again is refused too
+            r = c.post(f"/models/{served}/promote")
+            assert r.status_code == 409 and "integrity check" in r.json()["detail"], r.text
+            # a good version can be promoted and serves
+            r = c.post(f"/models/{other}/promote")
+            assert r.status_code == 200, r.text
+        wait_serving(service2, other)
+        assert _predict_version(service2) == other
+        assert train_and_promote(service2)  # and the pipeline carries on
+    finally:
+        service2.stop()
