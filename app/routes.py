@@ -36,6 +36,7 @@ from app.state import ModelHolder
 from etl import pipeline
 from etl.errors import EtlError, NoServedModelError, StorageError
 from etl.evaluate import HEADLINE
+from etl.load import check_override_source
 from etl.registry import Registry
 from etl.settings import Settings
 from etl.upload_results import upload_to_storage
@@ -139,6 +140,8 @@ def train(
     """Load and validate the data, train, and register a new version (served only after /evaluate)."""
     registry: Registry = request.app.state.registry
     data_url = body.data_url if body else None
+    if data_url:  # a remote caller may name a URL, or a file under DATA_DIR, but not any file on the host
+        check_override_source(data_url, default_source=settings.data_url, data_dir=settings.data_dir)
     summary = _timed_step("train", lambda: pipeline.train_version(settings, registry, data_url))
     metrics.LAST_TRAINING.set(time.time())
     return summary.to_dict()
@@ -255,7 +258,7 @@ async def current_model(holder: HolderDep) -> dict[str, Any]:
     """Version, threshold and held-out metrics of the model answering /predict."""
     model = holder.current
     if model is None:
-        raise NoServedModelError("no model is served yet: train and evaluate one first")
+        raise NoServedModelError()
     return {
         "version": model.version,
         "threshold": model.threshold,

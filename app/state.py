@@ -38,10 +38,7 @@ class ModelHolder:
     def get(self) -> ServedModel:
         model = self.current
         if model is None:
-            raise NoServedModelError(
-                "no model is served yet: train and evaluate one (POST /train, then POST /evaluate), "
-                "or run `python -m etl run`"
-            )
+            raise NoServedModelError()
         return model
 
     def load(self, version: str) -> ServedModel:

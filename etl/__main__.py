@@ -27,17 +27,10 @@ def _print(obj: Any) -> None:
 
 
 def cmd_load(settings: Settings, registry: Registry, args: argparse.Namespace) -> int:
-    from etl.load import load_data
+    from etl.pipeline import load_with_settings
     from etl.validate import load_prepared
 
-    loaded = load_data(
-        args.data_url or settings.data_url,
-        settings.raw_dir,
-        connect_timeout=settings.http_connect_timeout,
-        read_timeout=settings.http_read_timeout,
-        retries=settings.download_retries,
-        max_bytes=settings.max_data_bytes,
-    )
+    loaded = load_with_settings(settings, args.data_url or settings.data_url)
     prepared = load_prepared(loaded.path)
     _print({**loaded.to_dict(), "rows": vars(prepared.counts), "classes": prepared.class_counts})
     return 0

@@ -30,6 +30,14 @@ class ModelNotFoundError(EtlError):
 class NoServedModelError(EtlError):
     """No version has been promoted yet, so there is nothing to serve."""
 
+    HINT = (
+        "no model is served yet: train and evaluate one (POST /train, then POST /evaluate), "
+        "or run `python -m etl run`"
+    )
+
+    def __init__(self, message: str = HINT) -> None:
+        super().__init__(message)
+
 
 class ArtifactIntegrityError(EtlError):
     """An artifact on disk does not match the sha256 recorded for it, or is incomplete."""

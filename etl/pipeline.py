@@ -13,7 +13,7 @@ from typing import Any
 from etl.evaluate import classification_metrics, evaluate_model, predict_proba
 from etl.features import TARGET_COLUMN
 from etl.gate import GateVerdict, check_quality_gate
-from etl.load import check_override_source, load_data
+from etl.load import LoadResult, load_data
 from etl.registry import Registry, new_version_name
 from etl.settings import Settings
 from etl.train import train_model
@@ -57,6 +57,18 @@ class EvaluateSummary:
         }
 
 
+def load_with_settings(settings: Settings, source: str) -> LoadResult:
+    """``load_data`` with the download limits and folders from ``settings``."""
+    return load_data(
+        source,
+        settings.raw_dir,
+        connect_timeout=settings.http_connect_timeout,
+        read_timeout=settings.http_read_timeout,
+        retries=settings.download_retries,
+        max_bytes=settings.max_data_bytes,
+    )
+
+
 def train_version(settings: Settings, registry: Registry, data_url: str | None = None) -> TrainSummary:
     """Load, validate, split and train; register the result as a new (not yet served) version.
 
@@ -65,18 +77,9 @@ def train_version(settings: Settings, registry: Registry, data_url: str | None =
         DataSourceError, DataFormatError, DataValidationError: the data could not be used.
     """
     source = data_url or settings.data_url
-    if data_url:
-        check_override_source(data_url, default_source=settings.data_url, data_dir=settings.data_dir)
     with registry.training_lock():
         started = time.monotonic()
-        loaded = load_data(
-            source,
-            settings.raw_dir,
-            connect_timeout=settings.http_connect_timeout,
-            read_timeout=settings.http_read_timeout,
-            retries=settings.download_retries,
-            max_bytes=settings.max_data_bytes,
-        )
+        loaded = load_with_settings(settings, source)
         prepared = load_prepared(loaded.path)
         train, test = split_train_test(
             prepared.frame, test_size=settings.test_size, seed=settings.random_seed

@@ -263,10 +263,7 @@ class Registry:
     def require_served(self) -> str:
         version = self.served_version()
         if version is None:
-            raise NoServedModelError(
-                "no model is served yet: train and evaluate one (POST /train then POST /evaluate, "
-                "or `python -m etl run`)"
-            )
+            raise NoServedModelError()
         return version
 
     def gate_passed(self, version: str) -> bool:
