@@ -18,6 +18,8 @@ import httpx
 import pytest
 import yaml
 
+from tests.conftest import stop_process
+
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "prometheus"
 PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
@@ -202,9 +204,4 @@ def running_prometheus(config: Path, tmp: Path, port: int, timeout: float = 30.0
             time.sleep(0.1)
         yield prom
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)

@@ -28,7 +28,7 @@ import httpx
 import pytest
 
 from etl.features import FEATURES
-from tests.conftest import SHARED_CSV, Service, start_service
+from tests.conftest import SHARED_CSV, Service, start_service, stop_process
 from tests.deploy.monitoring import (
     Prometheus,
     Query,
@@ -365,9 +365,4 @@ def test_metrics_multiworker_counts_every_request(tmp_path: Path) -> None:
         assert len(served) == 2, f"requests did not reach both workers: {per_worker}"
         assert sum(served.values()) == n
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc, timeout=15)
