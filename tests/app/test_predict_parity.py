@@ -31,22 +31,14 @@ from etl.pipeline import evaluate_version, train_version
 from etl.registry import Registry
 from etl.settings import Settings
 from tests.conftest import SHARED_CSV
+from tests.pipeline_support import make_settings
 
 TOLERANCE = 1e-9
 ROUTE_JSON = {"Content-Type": "application/problem+json"}  # JSON for FastAPI, not for the fast path
 
 
 def _settings(base: Path, **overrides: Any) -> Settings:
-    return Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        data_url=str(SHARED_CSV),
-        data_dir=base / "data",
-        results_dir=base / "results",
-        upload_dir=base / "upload",
-        model_poll_seconds=0,
-        api_token="",
-        **overrides,
-    )
+    return make_settings(base, **{"model_poll_seconds": 0, "api_token": "", **overrides})
 
 
 @contextlib.contextmanager

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import subprocess
 import threading
@@ -19,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.monitoring import ROOT, statsd_map
+from tests.dags.airflow_env import AIRFLOW_VENV, airflow_subprocess_env
+from tests.deploy.monitoring import statsd_map
 
 pytestmark = [pytest.mark.integration, pytest.mark.airflow]
 
-AIRFLOW_VENV = ROOT / ".airflow-venv"
 DAG_ID = "breast_cancer_pipeline"
 
 EMIT_DAGRUN_DURATIONS = """
@@ -76,25 +75,15 @@ def statsd_listener() -> Iterator[tuple[int, list[str]]]:
 
 
 def _airflow_env(home: Path, statsd_port: int, **extra: str) -> dict[str, str]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("AIRFLOW_", "AIRFLOW__", "ML_PIPELINE_", "VIRTUAL_ENV", "PYTHON"))
-    }
-    env.update(
-        AIRFLOW_HOME=str(home),
-        AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "dags"),
-        AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home / 'airflow.db'}",
-        # the same [metrics] settings docker-compose.yml gives Airflow, pointed at the test's socket
+    # the same [metrics] settings docker-compose.yml gives Airflow, pointed at the test's socket
+    return airflow_subprocess_env(
+        home,
         AIRFLOW__METRICS__STATSD_ON="true",
         AIRFLOW__METRICS__STATSD_HOST="127.0.0.1",
         AIRFLOW__METRICS__STATSD_PORT=str(statsd_port),
         AIRFLOW__METRICS__STATSD_PREFIX="airflow",
-        PATH=f"{AIRFLOW_VENV / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        **extra,
     )
-    env.update(extra)
-    return env
 
 
 @pytest.fixture(scope="module")

@@ -11,23 +11,13 @@ import pytest
 from etl.errors import TrainingInProgressError
 from etl.pipeline import evaluate_version, train_version
 from etl.registry import Registry
-from etl.settings import Settings
-
-
-def _settings(tmp_path: Path, data_url: Path, **overrides: object) -> Settings:
-    return Settings(
-        data_url=str(data_url),
-        data_dir=tmp_path / "data",
-        results_dir=tmp_path / "results",
-        upload_dir=tmp_path / "upload",
-        **overrides,  # type: ignore[arg-type]
-    )
+from tests.pipeline_support import make_settings
 
 
 def test_pipeline_train_then_evaluate_promotes_a_model_that_meets_the_targets(
     tmp_path: Path, shared_csv: Path
 ):
-    settings = _settings(tmp_path, shared_csv)
+    settings = make_settings(tmp_path, shared_csv)
     registry = Registry(settings.results_dir)
 
     trained = train_version(settings, registry)
@@ -52,7 +42,7 @@ def test_pipeline_train_then_evaluate_promotes_a_model_that_meets_the_targets(
 
 
 def test_pipeline_gate_failure_keeps_the_served_model(tmp_path: Path, shared_csv: Path):
-    settings = _settings(tmp_path, shared_csv)
+    settings = make_settings(tmp_path, shared_csv)
     registry = Registry(settings.results_dir)
     good = train_version(settings, registry)
     evaluate_version(settings, registry, good.version)
@@ -72,7 +62,7 @@ def test_pipeline_gate_failure_keeps_the_served_model(tmp_path: Path, shared_csv
 
 
 def test_pipeline_second_concurrent_training_is_refused(tmp_path: Path, shared_csv: Path):
-    settings = _settings(tmp_path, shared_csv)
+    settings = make_settings(tmp_path, shared_csv)
     registry = Registry(settings.results_dir)
     with registry.training_lock(), pytest.raises(TrainingInProgressError, match="already running"):
         train_version(settings, registry)
