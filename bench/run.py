@@ -5,7 +5,7 @@
 What it does, in order:
 
 1. trains and promotes a model with the real pipeline (``python -m etl run``) in a temporary directory, from
-   ``<project root>/../shared/data/BreastCancer.csv`` (or ``--data``);
+   the bundled ``etl/data/BreastCancer.csv`` (or ``--data``);
 2. starts the service exactly as users run it (``python -m app``: one uvicorn worker, validation, Prometheus
    metrics and logging on, default settings) and times process start -> first ``/ready`` 200;
 3. starts the floor (bench/floor_app.py: a bare ASGI app that parses the same JSON body and answers JSON)
@@ -45,7 +45,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "BreastCancer.csv"
+DEFAULT_DATA = ROOT / "etl" / "data" / "BreastCancer.csv"
 FEATURES = (
     ("clump_thickness", "Cl.thickness"),
     ("cell_size_uniformity", "Cell.size"),

@@ -10,7 +10,10 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-DEFAULT_DATA_URL = "https://raw.githubusercontent.com/selva86/datasets/master/BreastCancer.csv"
+# The Wisconsin CSV ships inside the package (etl/data/README.md): the default source, no network needed.
+BUNDLED_DATA_PATH = Path(__file__).resolve().parent / "data" / "BreastCancer.csv"
+# The same file online; the README's first example of another source.
+PUBLIC_DATA_URL = "https://raw.githubusercontent.com/selva86/datasets/master/BreastCancer.csv"
 _PLACEHOLDER_TOKENS = {"changeme", "change-me", "secret", "token", "please-change-me"}
 
 
@@ -25,7 +28,9 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="logging level name")
 
     # data and pipeline
-    data_url: str = Field(DEFAULT_DATA_URL, description="http(s) URL or local path of the CSV")
+    data_url: str = Field(
+        str(BUNDLED_DATA_PATH), description="http(s) URL or local path of the CSV; default the bundled copy"
+    )
     data_dir: Path = Field(Path("data"), description="downloaded data goes to DATA_DIR/raw/")
     results_dir: Path = Field(Path("results"), description="model registry and served artifacts")
     upload_dir: Path = Field(Path("upload"), description="local backups, one timestamped folder each")
@@ -88,6 +93,12 @@ class Settings(BaseSettings):
     drive_chunk_bytes: int = Field(
         8 * 1024 * 1024, gt=0, multiple_of=256 * 1024, description="resumable upload chunk, n x 256 KiB"
     )
+
+    @field_validator("data_url", mode="before")
+    @classmethod
+    def _default_source(cls, value: object) -> object:
+        # DATA_URL= (empty, as in .env.example and compose) means the bundled copy
+        return str(BUNDLED_DATA_PATH) if isinstance(value, str) and not value.strip() else value
 
     @field_validator("gdrive_scopes", mode="before")
     @classmethod

@@ -1,4 +1,4 @@
-"""Fixtures shared by the whole suite: the shared CSV, free ports, a static HTTP server, a live service."""
+"""Fixtures shared by the whole suite: the bundled CSV, free ports, a static HTTP server, a live service."""
 
 from __future__ import annotations
 
@@ -19,14 +19,15 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_CSV = ROOT.parent / "shared" / "data" / "BreastCancer.csv"
+BUNDLED_CSV = ROOT / "etl" / "data" / "BreastCancer.csv"
+BUNDLED_SHA256 = "7efcfc593f86f3d898df92a8fec32e64ce84195647bd3a8a2d48c68c005767f4"  # etl/data/README.md
 
 
 @pytest.fixture(scope="session")
-def shared_csv() -> Path:
-    if not SHARED_CSV.is_file():
-        pytest.fail(f"the shared test data is missing: {SHARED_CSV}")
-    return SHARED_CSV
+def bundled_csv() -> Path:
+    if not BUNDLED_CSV.is_file():
+        pytest.fail(f"the bundled dataset is missing: {BUNDLED_CSV}")
+    return BUNDLED_CSV
 
 
 def free_port() -> int:
@@ -66,10 +67,10 @@ def static_server(directory: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def csv_url(shared_csv: Path) -> Iterator[str]:
-    """The shared CSV served over a real local HTTP server."""
-    with static_server(shared_csv.parent) as base:
-        yield f"{base}/{shared_csv.name}"
+def csv_url(bundled_csv: Path) -> Iterator[str]:
+    """The bundled CSV served over a real local HTTP server."""
+    with static_server(bundled_csv.parent) as base:
+        yield f"{base}/{bundled_csv.name}"
 
 
 @dataclass

@@ -14,10 +14,10 @@ from etl.features import EXPECTED_COLUMNS, FEATURE_COLUMNS, FEATURE_NAMES
 from etl.pipeline import evaluate_version, train_version
 from etl.registry import Registry
 from etl.settings import Settings
-from tests.conftest import SHARED_CSV
+from tests.conftest import BUNDLED_CSV
 
 
-def make_settings(base: Path, data_url: str | Path = SHARED_CSV, **overrides: object) -> Settings:
+def make_settings(base: Path, data_url: str | Path = BUNDLED_CSV, **overrides: object) -> Settings:
     """Settings rooted in ``base`` (no .env, no environment leaking into paths)."""
     return Settings(
         _env_file=None,  # type: ignore[call-arg]
@@ -57,14 +57,14 @@ def synthetic_rows(n_patients_per_class: int = 12, seed: int = 0) -> list[list[o
     return rows
 
 
-def read_shared() -> pd.DataFrame:
-    """The shared CSV as pandas reads it by default (an independent view of the data)."""
-    return pd.read_csv(SHARED_CSV)
+def read_bundled() -> pd.DataFrame:
+    """The bundled CSV as pandas reads it by default (an independent view of the data)."""
+    return pd.read_csv(BUNDLED_CSV)
 
 
-def shared_complete_rows() -> pd.DataFrame:
-    """Rows of the shared CSV with all nine features present (duplicates kept), as integers."""
-    frame = read_shared().dropna()
+def bundled_complete_rows() -> pd.DataFrame:
+    """Rows of the bundled CSV with all nine features present (duplicates kept), as integers."""
+    frame = read_bundled().dropna()
     return frame.astype({c: "int64" for c in frame.columns})
 
 
@@ -73,7 +73,7 @@ def instance(row: Sequence[int]) -> dict[str, int]:
 
 
 def build_served_registry(base: Path) -> tuple[Settings, str]:
-    """Train and evaluate (promote) one version on the shared CSV under ``base``; return settings, version."""
+    """Train and evaluate (promote) one version on the bundled CSV in ``base``: (settings, version)."""
     settings = make_settings(base)
     registry = Registry(settings.results_dir)
     trained = train_version(settings, registry)

@@ -17,20 +17,19 @@ from app.main import create_app
 from etl.features import FEATURE_COLUMNS, FEATURE_NAMES
 from etl.registry import VERSION_RE, Registry
 from etl.settings import Settings
-from tests.conftest import SHARED_CSV, free_port, static_server
+from tests.conftest import BUNDLED_CSV, BUNDLED_SHA256, free_port, static_server
 from tests.pipeline_support import (
     build_served_registry,
     copy_tree,
     instance,
     make_settings,
-    read_shared,
+    read_bundled,
     synthetic_rows,
     write_csv,
 )
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-SHARED_SHA256 = "7efcfc593f86f3d898df92a8fec32e64ce84195647bd3a8a2d48c68c005767f4"
 BENIGN = instance((5, 1, 1, 1, 2, 1, 3, 1, 1))  # Id 1000025, Class 0
 MALIGNANT = instance((8, 10, 10, 8, 7, 10, 9, 7, 1))  # Id 1017122, Class 1
 
@@ -231,7 +230,7 @@ def test_predict_without_model_503_says_how_to_train(empty_client: TestClient):
 
 
 def test_predict_batch_preserves_order(client: TestClient, served: Served):
-    rows = read_shared().dropna().head(25)
+    rows = read_bundled().dropna().head(25)
     instances = [instance(r) for r in rows[list(FEATURE_COLUMNS)].astype(int).itertuples(index=False)]
     r = client.post("/predict/batch", json={"instances": instances})
     assert r.status_code == 200, r.text
@@ -334,7 +333,7 @@ def test_train_returns_version_rows_and_sha(client: TestClient, served: Served):
     assert r.status_code == 200, r.text
     out = r.json()
     assert VERSION_RE.match(out["version"]) and out["version"] > served.version
-    assert out["data_sha256"] == SHARED_SHA256 and out["data_source"] == str(SHARED_CSV)
+    assert out["data_sha256"] == BUNDLED_SHA256 and out["data_source"] == str(BUNDLED_CSV)
     rows = out["rows"]
     assert (rows["raw"], rows["missing_dropped"], rows["duplicates_dropped"]) == (699, 16, 8)
     assert rows["train"] + rows["test"] == rows["clean"] == 675
@@ -685,7 +684,7 @@ def test_openapi_documents_every_route(empty_client: TestClient):
 def test_openapi_predict_examples_are_real_rows(empty_client: TestClient):
     schema = empty_client.get("/openapi.json").json()["components"]["schemas"]["PredictRequest"]
     examples = schema["examples"]
-    shared = read_shared().dropna().astype(int)
+    shared = read_bundled().dropna().astype(int)
     classes = []
     for example in examples:
         values = [example[name] for name in FEATURE_NAMES]

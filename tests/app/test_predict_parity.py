@@ -30,7 +30,7 @@ from etl.features import FEATURE_COLUMNS, FEATURE_MAX, FEATURE_MIN, FEATURE_NAME
 from etl.pipeline import evaluate_version, train_version
 from etl.registry import Registry
 from etl.settings import Settings
-from tests.conftest import SHARED_CSV
+from tests.conftest import BUNDLED_CSV
 from tests.pipeline_support import make_settings
 
 TOLERANCE = 1e-9
@@ -49,7 +49,7 @@ def _client(settings: Settings) -> Iterator[TestClient]:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One version trained on the shared CSV, evaluated and promoted (the real pipeline)."""
+    """One version trained on the bundled CSV, evaluated and promoted (the real pipeline)."""
     base = tmp_path_factory.mktemp("parity")
     s = _settings(base)
     registry = Registry(s.results_dir)
@@ -75,8 +75,8 @@ def client(model_dir: Path) -> Iterator[TestClient]:
 
 @pytest.fixture(scope="module")
 def csv_rows() -> list[tuple[int, ...]]:
-    """Every row of the shared CSV that is a valid request (rows with a missing "?" bare nuclei are not)."""
-    frame = pd.read_csv(SHARED_CSV)
+    """Every row of the bundled CSV that is a valid request (rows with a missing "?" bare nuclei are not)."""
+    frame = pd.read_csv(BUNDLED_CSV)
     features = frame[list(FEATURE_COLUMNS)].apply(pd.to_numeric, errors="coerce").dropna()
     return [tuple(int(v) for v in row) for row in features.itertuples(index=False)]
 

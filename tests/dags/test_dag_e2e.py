@@ -88,11 +88,11 @@ def migrated_db(
 
 
 @pytest.fixture(scope="module")
-def data_base_url(shared_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The shared CSV and a copy with its Class column shuffled, on a loopback HTTP server."""
+def data_base_url(bundled_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The bundled CSV and a copy with its Class column shuffled, on a loopback HTTP server."""
     folder = tmp_path_factory.mktemp("data")
-    shutil.copy(shared_csv, folder / "BreastCancer.csv")
-    header, *rows = shared_csv.read_text().splitlines()
+    shutil.copy(bundled_csv, folder / "BreastCancer.csv")
+    header, *rows = bundled_csv.read_text().splitlines()
     assert header.rsplit(",", 1)[1].strip('"') == "Class"
     features = [row.rsplit(",", 1)[0] for row in rows]
     labels = [row.rsplit(",", 1)[1] for row in rows]

@@ -11,10 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, SHARED_CSV, free_port
+from tests.conftest import BUNDLED_CSV, BUNDLED_SHA256, ROOT, free_port
 from tests.pipeline_support import copy_tree
-
-SHARED_SHA256 = "7efcfc593f86f3d898df92a8fec32e64ce84195647bd3a8a2d48c68c005767f4"
 
 
 def etl_cli(workdir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -23,7 +21,7 @@ def etl_cli(workdir: Path, *args: str, **env: str) -> subprocess.CompletedProces
     full_env.update(
         {
             "PYTHONPATH": str(ROOT),
-            "DATA_URL": str(SHARED_CSV),
+            "DATA_URL": str(BUNDLED_CSV),
             "DATA_DIR": str(workdir / "data"),
             "RESULTS_DIR": str(workdir / "results"),
             "UPLOAD_DIR": str(workdir / "upload"),
@@ -49,9 +47,9 @@ def _json(proc: subprocess.CompletedProcess[str]) -> Any:
 
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    """One full ``python -m etl run``; tests copy its workdir."""
+    """One full ``python -m etl run`` with DATA_URL empty (the bundled copy); tests copy its workdir."""
     workdir = tmp_path_factory.mktemp("cli-template")
-    return workdir, etl_cli(workdir, "run")
+    return workdir, etl_cli(workdir, "run", DATA_URL="")
 
 
 @pytest.fixture
@@ -153,8 +151,8 @@ def test_cli_load_reports_file_and_counts(tmp_path: Path):
     proc = etl_cli(tmp_path, "load")
     assert proc.returncode == 0, proc.stderr
     out = _json(proc)
-    assert out["sha256"] == SHARED_SHA256
-    assert Path(out["path"]) == tmp_path / "data" / "raw" / f"{SHARED_SHA256}.csv"
+    assert out["sha256"] == BUNDLED_SHA256
+    assert Path(out["path"]) == tmp_path / "data" / "raw" / f"{BUNDLED_SHA256}.csv"
     assert out["rows"]["raw"] == 699 and out["rows"]["missing_dropped"] == 16
     assert out["rows"]["duplicates_dropped"] == 8
     assert out["classes"] == {"0": 439, "1": 236}

@@ -13,10 +13,19 @@ import pytest
 
 from etl.errors import DataFormatError, DataSourceError
 from etl.load import load_data
-from tests.conftest import free_port, static_server
+from etl.settings import BUNDLED_DATA_PATH, Settings
+from tests.conftest import BUNDLED_CSV, BUNDLED_SHA256, ROOT, free_port, static_server
 
-SHARED_SHA256 = "7efcfc593f86f3d898df92a8fec32e64ce84195647bd3a8a2d48c68c005767f4"
 FAST = {"connect_timeout": 2.0, "read_timeout": 2.0, "backoff_seconds": 0.01}
+
+
+def test_bundled_dataset_is_the_published_file_and_the_default_source():
+    assert BUNDLED_DATA_PATH == BUNDLED_CSV
+    assert BUNDLED_DATA_PATH.is_relative_to(ROOT)
+    assert hashlib.sha256(BUNDLED_CSV.read_bytes()).hexdigest() == BUNDLED_SHA256
+    assert Settings(_env_file=None).data_url == str(BUNDLED_DATA_PATH)  # type: ignore[call-arg]
+    # DATA_URL= (empty, as .env.example and compose leave it) also means the bundled copy
+    assert Settings(_env_file=None, data_url="").data_url == str(BUNDLED_DATA_PATH)  # type: ignore[call-arg]
 
 
 def _assert_only(raw_dir: Path, names: set[str]) -> None:
@@ -73,26 +82,26 @@ def _reply(status: int, body: bytes, ctype: str = "text/csv", length: bool = Tru
 # --- local paths --------------------------------------------------------------------------------
 
 
-def test_load_data_local_path_stores_content_addressed_copy(tmp_path: Path, shared_csv: Path):
+def test_load_data_local_path_stores_content_addressed_copy(tmp_path: Path, bundled_csv: Path):
     raw_dir = tmp_path / "raw"
 
-    result = load_data(str(shared_csv), raw_dir)
+    result = load_data(str(bundled_csv), raw_dir)
 
-    assert result.sha256 == SHARED_SHA256
-    assert result.path == raw_dir / f"{SHARED_SHA256}.csv"
-    assert result.path.read_bytes() == shared_csv.read_bytes()
-    assert hashlib.sha256(result.path.read_bytes()).hexdigest() == SHARED_SHA256
-    assert result.size_bytes == shared_csv.stat().st_size
-    assert result.source == str(shared_csv)
-    _assert_only(raw_dir, {f"{SHARED_SHA256}.csv"})  # no .tmp- leftovers
+    assert result.sha256 == BUNDLED_SHA256
+    assert result.path == raw_dir / f"{BUNDLED_SHA256}.csv"
+    assert result.path.read_bytes() == bundled_csv.read_bytes()
+    assert hashlib.sha256(result.path.read_bytes()).hexdigest() == BUNDLED_SHA256
+    assert result.size_bytes == bundled_csv.stat().st_size
+    assert result.source == str(bundled_csv)
+    _assert_only(raw_dir, {f"{BUNDLED_SHA256}.csv"})  # no .tmp- leftovers
 
 
-def test_load_data_same_source_twice_is_idempotent(tmp_path: Path, shared_csv: Path):
+def test_load_data_same_source_twice_is_idempotent(tmp_path: Path, bundled_csv: Path):
     raw_dir = tmp_path / "raw"
-    first = load_data(str(shared_csv), raw_dir)
-    second = load_data(str(shared_csv), raw_dir)
+    first = load_data(str(bundled_csv), raw_dir)
+    second = load_data(str(bundled_csv), raw_dir)
     assert first.path == second.path and first.sha256 == second.sha256
-    _assert_only(raw_dir, {f"{SHARED_SHA256}.csv"})
+    _assert_only(raw_dir, {f"{BUNDLED_SHA256}.csv"})
 
 
 def test_load_data_missing_local_file_raises_source_error(tmp_path: Path):
@@ -118,23 +127,23 @@ def test_load_data_local_unusable_file_raises_format_error(tmp_path: Path, conte
     _assert_only(raw_dir, set())
 
 
-def test_load_data_local_file_over_cap_raises_format_error(tmp_path: Path, shared_csv: Path):
+def test_load_data_local_file_over_cap_raises_format_error(tmp_path: Path, bundled_csv: Path):
     raw_dir = tmp_path / "raw"
     with pytest.raises(DataFormatError) as err:
-        load_data(str(shared_csv), raw_dir, max_bytes=1000)
-    assert "MAX_DATA_BYTES=1000" in str(err.value) and str(shared_csv) in str(err.value)
+        load_data(str(bundled_csv), raw_dir, max_bytes=1000)
+    assert "MAX_DATA_BYTES=1000" in str(err.value) and str(bundled_csv) in str(err.value)
     _assert_only(raw_dir, set())
 
 
 # --- HTTP ---------------------------------------------------------------------------------------
 
 
-def test_load_data_http_ok_matches_shared_file(tmp_path: Path, csv_url: str, shared_csv: Path):
+def test_load_data_http_ok_matches_shared_file(tmp_path: Path, csv_url: str, bundled_csv: Path):
     result = load_data(csv_url, tmp_path / "raw", **FAST)
-    assert result.sha256 == SHARED_SHA256
-    assert result.path.read_bytes() == shared_csv.read_bytes()
+    assert result.sha256 == BUNDLED_SHA256
+    assert result.path.read_bytes() == bundled_csv.read_bytes()
     assert result.source == csv_url
-    _assert_only(tmp_path / "raw", {f"{SHARED_SHA256}.csv"})
+    _assert_only(tmp_path / "raw", {f"{BUNDLED_SHA256}.csv"})
 
 
 def test_load_data_http_404_raises_source_error_without_retry(tmp_path: Path):
@@ -186,16 +195,16 @@ def test_load_data_http_oversized_raises_format_error(tmp_path: Path, declare_le
     _assert_only(tmp_path / "raw", set())
 
 
-def test_load_data_http_under_cap_without_length_succeeds(tmp_path: Path, shared_csv: Path):
-    data = shared_csv.read_bytes()
+def test_load_data_http_under_cap_without_length_succeeds(tmp_path: Path, bundled_csv: Path):
+    data = bundled_csv.read_bytes()
     with scripted_server() as srv:
         srv.routes["/d.csv"] = _reply(200, data, "text/csv", length=False)
         result = load_data(srv.url + "/d.csv", tmp_path / "raw", max_bytes=len(data), **FAST)
-    assert result.sha256 == SHARED_SHA256
+    assert result.sha256 == BUNDLED_SHA256
 
 
-def test_load_data_http_transient_503_then_200_succeeds_after_retries(tmp_path: Path, shared_csv: Path):
-    data = shared_csv.read_bytes()
+def test_load_data_http_transient_503_then_200_succeeds_after_retries(tmp_path: Path, bundled_csv: Path):
+    data = bundled_csv.read_bytes()
     with scripted_server() as srv:
 
         def flaky(h: http.server.BaseHTTPRequestHandler) -> None:
@@ -208,8 +217,8 @@ def test_load_data_http_transient_503_then_200_succeeds_after_retries(tmp_path: 
         result = load_data(srv.url + "/d.csv", tmp_path / "raw", retries=3, **FAST)
         hits = srv.hits["/d.csv"]
     assert hits == 3
-    assert result.sha256 == SHARED_SHA256
-    _assert_only(tmp_path / "raw", {f"{SHARED_SHA256}.csv"})
+    assert result.sha256 == BUNDLED_SHA256
+    _assert_only(tmp_path / "raw", {f"{BUNDLED_SHA256}.csv"})
 
 
 def test_load_data_http_persistent_503_gives_up_after_retries(tmp_path: Path):

@@ -1,4 +1,4 @@
-"""The pipeline's steps wired together, on the real shared data (no server)."""
+"""The pipeline's steps wired together, on the real bundled data (no server)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from tests.pipeline_support import make_settings
 
 
 def test_pipeline_train_then_evaluate_promotes_a_model_that_meets_the_targets(
-    tmp_path: Path, shared_csv: Path
+    tmp_path: Path, bundled_csv: Path
 ):
-    settings = make_settings(tmp_path, shared_csv)
+    settings = make_settings(tmp_path, bundled_csv)
     registry = Registry(settings.results_dir)
 
     trained = train_version(settings, registry)
@@ -41,13 +41,13 @@ def test_pipeline_train_then_evaluate_promotes_a_model_that_meets_the_targets(
     ).read_bytes()
 
 
-def test_pipeline_gate_failure_keeps_the_served_model(tmp_path: Path, shared_csv: Path):
-    settings = make_settings(tmp_path, shared_csv)
+def test_pipeline_gate_failure_keeps_the_served_model(tmp_path: Path, bundled_csv: Path):
+    settings = make_settings(tmp_path, bundled_csv)
     registry = Registry(settings.results_dir)
     good = train_version(settings, registry)
     evaluate_version(settings, registry, good.version)
 
-    shuffled = pd.read_csv(shared_csv, dtype=str)
+    shuffled = pd.read_csv(bundled_csv, dtype=str)
     shuffled["Class"] = np.random.default_rng(0).permutation(shuffled["Class"].to_numpy())
     bad_csv = tmp_path / "shuffled.csv"
     shuffled.to_csv(bad_csv, index=False)
@@ -61,8 +61,8 @@ def test_pipeline_gate_failure_keeps_the_served_model(tmp_path: Path, shared_csv
     assert registry.status(bad.version) == "rejected"
 
 
-def test_pipeline_second_concurrent_training_is_refused(tmp_path: Path, shared_csv: Path):
-    settings = make_settings(tmp_path, shared_csv)
+def test_pipeline_second_concurrent_training_is_refused(tmp_path: Path, bundled_csv: Path):
+    settings = make_settings(tmp_path, bundled_csv)
     registry = Registry(settings.results_dir)
     with registry.training_lock(), pytest.raises(TrainingInProgressError, match="already running"):
         train_version(settings, registry)

@@ -1,4 +1,4 @@
-"""etl.scorer: the fast scorer equals predict_proba within 1e-9 on the shared data and on any valid row."""
+"""etl.scorer: the fast scorer equals predict_proba within 1e-9 on the bundled data and on any valid row."""
 
 from __future__ import annotations
 
@@ -15,20 +15,20 @@ from etl.features import FEATURE_COLUMNS
 from etl.scorer import LinearScorer, verified_scorer
 from etl.train import build_pipeline
 from etl.validate import load_prepared, split_train_test
-from tests.conftest import SHARED_CSV
-from tests.pipeline_support import shared_complete_rows
+from tests.conftest import BUNDLED_CSV
+from tests.pipeline_support import bundled_complete_rows
 
 TOL = 1e-9
 
 
 @pytest.fixture(scope="module")
 def pipeline() -> Pipeline:
-    train, _ = split_train_test(load_prepared(SHARED_CSV).frame, test_size=0.2, seed=42)
+    train, _ = split_train_test(load_prepared(BUNDLED_CSV).frame, test_size=0.2, seed=42)
     return build_pipeline(42).fit(train[list(FEATURE_COLUMNS)].to_numpy(dtype=float), train["Class"])
 
 
 def test_linear_scorer_matches_predict_proba_on_every_shared_row(pipeline: Pipeline):
-    X = shared_complete_rows()[list(FEATURE_COLUMNS)].to_numpy(dtype=float)
+    X = bundled_complete_rows()[list(FEATURE_COLUMNS)].to_numpy(dtype=float)
     assert len(X) == 683  # every row with all nine features (699 minus the 16 with NA)
     expected = pipeline.predict_proba(X)[:, 1]
     scorer = LinearScorer.from_pipeline(pipeline)

@@ -20,7 +20,7 @@ from etl.pipeline import train_version
 from etl.registry import Registry
 from etl.train import build_pipeline, choose_threshold, train_model
 from etl.validate import load_prepared, split_train_test
-from tests.conftest import SHARED_CSV
+from tests.conftest import BUNDLED_CSV
 from tests.pipeline_support import make_settings
 
 
@@ -79,12 +79,12 @@ def test_choose_threshold_no_positives_raises():
 
 
 @pytest.fixture(scope="module")
-def shared_split() -> tuple[pd.DataFrame, pd.DataFrame]:
-    return split_train_test(load_prepared(SHARED_CSV).frame, test_size=0.2, seed=42)
+def bundled_split() -> tuple[pd.DataFrame, pd.DataFrame]:
+    return split_train_test(load_prepared(BUNDLED_CSV).frame, test_size=0.2, seed=42)
 
 
-def test_train_model_threshold_comes_from_out_of_fold_training_probabilities(shared_split):
-    train, _ = shared_split
+def test_train_model_threshold_comes_from_out_of_fold_training_probabilities(bundled_split):
+    train, _ = bundled_split
     result = train_model(train, seed=42, target_recall=0.98)
 
     # recompute the out-of-fold probabilities independently on the training rows only
@@ -102,8 +102,8 @@ def test_train_model_threshold_comes_from_out_of_fold_training_probabilities(sha
     assert all(0.0 <= v["mean"] <= 1.0 and v["std"] >= 0.0 for v in result.cv.values())
 
 
-def test_train_model_fits_scaler_and_logistic_regression_on_all_training_rows(shared_split):
-    train, _ = shared_split
+def test_train_model_fits_scaler_and_logistic_regression_on_all_training_rows(bundled_split):
+    train, _ = bundled_split
     result = train_model(train, seed=42)
     scaler, clf = result.pipeline.named_steps.values()
     assert isinstance(scaler, StandardScaler) and isinstance(clf, LogisticRegression)
@@ -111,8 +111,8 @@ def test_train_model_fits_scaler_and_logistic_regression_on_all_training_rows(sh
     np.testing.assert_allclose(scaler.mean_, train[list(FEATURE_COLUMNS)].mean().to_numpy())
 
 
-def test_train_model_same_seed_same_model(shared_split):
-    train, _ = shared_split
+def test_train_model_same_seed_same_model(bundled_split):
+    train, _ = bundled_split
     a = train_model(train, seed=7)
     b = train_model(train, seed=7)
     assert a.threshold == b.threshold

@@ -1,4 +1,4 @@
-"""etl.validate: the shared CSV's quirks, every bad-data case on small hand-built CSVs, and the split."""
+"""etl.validate: the bundled CSV's quirks, every bad-data case on small hand-built CSVs, and the split."""
 
 from __future__ import annotations
 
@@ -10,20 +10,20 @@ import pytest
 from etl.errors import DataFormatError, DataValidationError
 from etl.features import EXPECTED_COLUMNS, FEATURE_COLUMNS
 from etl.validate import load_prepared, split_train_test
-from tests.pipeline_support import read_shared, synthetic_rows, write_csv
+from tests.pipeline_support import read_bundled, synthetic_rows, write_csv
 
-# --- the shared CSV -----------------------------------------------------------------------------
+# --- the bundled CSV -----------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def prepared_shared():
-    from tests.conftest import SHARED_CSV
+    from tests.conftest import BUNDLED_CSV
 
-    return load_prepared(SHARED_CSV)
+    return load_prepared(BUNDLED_CSV)
 
 
-def test_validate_shared_csv_counts_match_independent_pandas(prepared_shared):
-    raw = read_shared()  # pandas' own reading: NA -> NaN, quoted numbers parsed
+def test_validate_bundled_csv_counts_match_independent_pandas(prepared_shared):
+    raw = read_bundled()  # pandas' own reading: NA -> NaN, quoted numbers parsed
     missing = int(raw.isna().any(axis=1).sum())
     complete = raw.dropna()
     duplicates = int(complete.duplicated().sum())
@@ -36,8 +36,8 @@ def test_validate_shared_csv_counts_match_independent_pandas(prepared_shared):
     assert set(raw.columns[raw.isna().any()]) == {"Bare.nuclei"}
 
 
-def test_validate_shared_csv_frame_equals_independent_cleaning(prepared_shared):
-    expected = read_shared().dropna().drop_duplicates().astype("int64")
+def test_validate_bundled_csv_frame_equals_independent_cleaning(prepared_shared):
+    expected = read_bundled().dropna().drop_duplicates().astype("int64")
     frame = prepared_shared.frame
     assert list(frame.columns) == list(EXPECTED_COLUMNS)
     assert all(str(t) == "int64" for t in frame.dtypes)
@@ -46,11 +46,11 @@ def test_validate_shared_csv_frame_equals_independent_cleaning(prepared_shared):
     assert prepared_shared.class_counts == {0: clean_classes[0], 1: clean_classes[1]}
 
 
-def test_validate_shared_csv_keeps_repeated_patient_ids(prepared_shared):
-    ids = read_shared()["Id"]
+def test_validate_bundled_csv_keeps_repeated_patient_ids(prepared_shared):
+    ids = read_bundled()["Id"]
     # README's "54": rows whose Id was already seen (46 distinct Ids occur more than once)
     assert len(ids) - ids.nunique() == 54
-    expected = read_shared().dropna().drop_duplicates()["Id"]
+    expected = read_bundled().dropna().drop_duplicates()["Id"]
     kept = prepared_shared.frame["Id"]
     assert int(kept.duplicated().sum()) == int(expected.duplicated().sum()) > 0  # repeat samples are kept
 

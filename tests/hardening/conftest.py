@@ -199,9 +199,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 @pytest.fixture
-def promoted_service(tmp_path: Path, shared_csv: Path) -> Iterator[tuple[Service, str]]:
+def promoted_service(tmp_path: Path, bundled_csv: Path) -> Iterator[tuple[Service, str]]:
     """A real service with token auth and one trained, evaluated and promoted version."""
-    service, version = start_promoted(tmp_path / "svc", str(shared_csv))
+    service, version = start_promoted(tmp_path / "svc", str(bundled_csv))
     try:
         yield service, version
     finally:

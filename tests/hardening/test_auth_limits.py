@@ -33,11 +33,11 @@ BAD_AUTH = {
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory, shared_csv: Path) -> Iterator[tuple[Service, str]]:
+def service(tmp_path_factory: pytest.TempPathFactory, bundled_csv: Path) -> Iterator[tuple[Service, str]]:
     workdir = tmp_path_factory.mktemp("auth") / "svc"
     svc = start_service(
         workdir,
-        data_url=str(shared_csv),
+        data_url=str(bundled_csv),
         token=TOKEN,
         extra_env={"MAX_BODY_BYTES": str(MAX_BODY_BYTES), "LOG_LEVEL": "DEBUG"},
     )
@@ -148,10 +148,10 @@ def test_limits_body_under_cap_still_served(service: tuple[Service, str]) -> Non
     assert r.status_code == 200 and len(r.json()["predictions"]) == 200, r.text[:300]
 
 
-def test_secrets_token_never_in_logs_or_responses(tmp_path: Path, shared_csv: Path) -> None:
+def test_secrets_token_never_in_logs_or_responses(tmp_path: Path, bundled_csv: Path) -> None:
     """A whole run with failures, at DEBUG: neither the token nor a near-miss of it is ever echoed."""
     svc = start_service(
-        tmp_path / "svc", data_url=str(shared_csv), token=TOKEN, extra_env={"LOG_LEVEL": "DEBUG"}
+        tmp_path / "svc", data_url=str(bundled_csv), token=TOKEN, extra_env={"LOG_LEVEL": "DEBUG"}
     )
     bodies: list[str] = []
     try:

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import SHARED_CSV, Service
+from tests.conftest import BUNDLED_CSV, Service
 from tests.hardening.conftest import (
     PREDICT_BODY,
     DataServer,
@@ -31,11 +31,11 @@ HEADER += '"Bl.cromatin","Normal.nucleoli","Mitoses","Class"\n'
 
 
 def _routes() -> dict[str, Route]:
-    lines = SHARED_CSV.read_text().splitlines(keepends=True)
+    lines = BUNDLED_CSV.read_text().splitlines(keepends=True)
     benign = [line for line in lines[1:] if line.rstrip().endswith(",0")]
     html = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>login</body></html>"
     return {
-        "/good.csv": Route(SHARED_CSV.read_bytes()),
+        "/good.csv": Route(BUNDLED_CSV.read_bytes()),
         "/wrong-columns.csv": Route(b"a,b,c\n1,2,3\n4,5,6\n"),
         "/garbage.csv": Route(
             (HEADER + "".join(f"{1000 + i}," + ",".join(["abc"] * 9) + ",0\n" for i in range(50))).encode()
@@ -46,9 +46,9 @@ def _routes() -> dict[str, Route]:
         "/html-as-csv.csv": Route(html, content_type="text/csv"),
         "/binary.csv": Route(bytes(range(256)) * 8, content_type="application/octet-stream"),
         "/empty.csv": Route(b""),
-        "/too-big.csv": Route(SHARED_CSV.read_bytes() * 2),
-        "/stall.csv": Route(SHARED_CSV.read_bytes(), stall_after_headers=5.0),
-        "/stall-before-headers.csv": Route(SHARED_CSV.read_bytes(), delay_before=5.0),
+        "/too-big.csv": Route(BUNDLED_CSV.read_bytes() * 2),
+        "/stall.csv": Route(BUNDLED_CSV.read_bytes(), stall_after_headers=5.0),
+        "/stall-before-headers.csv": Route(BUNDLED_CSV.read_bytes(), delay_before=5.0),
         "/drop.csv": Route(drop=True),
         "/not-found.csv": Route(b"nope", status=404),
         "/server-error.csv": Route(b"boom", status=500),
@@ -99,7 +99,7 @@ def service(tmp_path_factory: pytest.TempPathFactory, source: DataServer) -> Ite
     )
     data_dir = Path(svc.env["DATA_DIR"])  # a local data_url given to /train must live under DATA_DIR
     data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / "too-big.csv").write_bytes(SHARED_CSV.read_bytes() * 2)
+    (data_dir / "too-big.csv").write_bytes(BUNDLED_CSV.read_bytes() * 2)
     try:
         yield svc
     finally:

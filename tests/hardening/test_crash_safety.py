@@ -84,10 +84,10 @@ def _check_after_restart(service: Service) -> str:
     return served
 
 
-def test_kill9_during_pipeline_steps_then_restart_is_consistent(tmp_path: Path, shared_csv: Path) -> None:
+def test_kill9_during_pipeline_steps_then_restart_is_consistent(tmp_path: Path, bundled_csv: Path) -> None:
     rng = random.Random(SEED)
     workdir = tmp_path / "svc"
-    service = start_service(workdir, data_url=str(shared_csv), token=TOKEN)
+    service = start_service(workdir, data_url=str(bundled_csv), token=TOKEN)
     outcomes: Counter[str] = Counter()
     durations: dict[str, float] = {}
     try:
@@ -117,7 +117,7 @@ def test_kill9_during_pipeline_steps_then_restart_is_consistent(tmp_path: Path, 
             finished = bool(box) and isinstance(box[0], httpx.Response)
             outcomes[f"{step}:{'completed' if finished else 'killed'}"] += 1
 
-            service = start_service(workdir, data_url=str(shared_csv), token=TOKEN, wait_ready=True)
+            service = start_service(workdir, data_url=str(bundled_csv), token=TOKEN, wait_ready=True)
             served = _check_after_restart(service)
             # the interrupted step, re-run, completes
             r = _call(service, step, {"version": body["version"]} if body else None)
@@ -141,7 +141,7 @@ def test_kill9_during_pipeline_steps_then_restart_is_consistent(tmp_path: Path, 
     assert len(trials) >= 20, figures
 
 
-def test_kill9_during_drive_upload_then_rerun_leaves_one_copy(tmp_path: Path, shared_csv: Path) -> None:
+def test_kill9_during_drive_upload_then_rerun_leaves_one_copy(tmp_path: Path, bundled_csv: Path) -> None:
     """Kills inside a Drive upload (Drive made slow, so the kills land between its calls): the re-run
     resumes from the Drive state recorded in meta.json, so each version ends with one Drive folder holding
     one copy of each file."""
@@ -150,7 +150,7 @@ def test_kill9_during_drive_upload_then_rerun_leaves_one_copy(tmp_path: Path, sh
     folder_of: dict[str, str] = {}
     with restartable_drive(tmp_path / "drive") as drive:
         env = drive.service_env(DRIVE_TIMEOUT="10")
-        service = start_service(tmp_path / "svc", data_url=str(shared_csv), token=TOKEN, extra_env=env)
+        service = start_service(tmp_path / "svc", data_url=str(bundled_csv), token=TOKEN, extra_env=env)
         try:
             drive.state.inject("*", "slow", delay=0.15, times=100_000)  # every Drive call answers late
             version = train_and_promote(service)
@@ -172,7 +172,7 @@ def test_kill9_during_drive_upload_then_rerun_leaves_one_copy(tmp_path: Path, sh
                 finished = bool(box) and isinstance(box[0], httpx.Response)
                 outcomes["completed" if finished else "killed"] += 1
                 service = start_service(
-                    tmp_path / "svc", data_url=str(shared_csv), token=TOKEN, extra_env=env, wait_ready=True
+                    tmp_path / "svc", data_url=str(bundled_csv), token=TOKEN, extra_env=env, wait_ready=True
                 )
                 assert _check_after_restart(service) == version
                 r = _call(service, "upload")

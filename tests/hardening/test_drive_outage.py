@@ -27,9 +27,9 @@ def drive(tmp_path: Path) -> Iterator[RestartableDrive]:
 
 
 @pytest.fixture
-def service(tmp_path: Path, shared_csv: Path, drive: RestartableDrive) -> Iterator[tuple[Service, str]]:
+def service(tmp_path: Path, bundled_csv: Path, drive: RestartableDrive) -> Iterator[tuple[Service, str]]:
     svc = start_service(
-        tmp_path / "svc", data_url=str(shared_csv), token=TOKEN, extra_env=drive.service_env()
+        tmp_path / "svc", data_url=str(bundled_csv), token=TOKEN, extra_env=drive.service_env()
     )
     try:
         yield svc, train_and_promote(svc)

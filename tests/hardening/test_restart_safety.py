@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import SHARED_CSV, Service, start_service
+from tests.conftest import BUNDLED_CSV, Service, start_service
 from tests.hardening.conftest import (
     TOKEN,
     DataServer,
@@ -42,13 +42,13 @@ SLOW = 2.0  # seconds the slow data source waits before answering
 
 @pytest.fixture
 def slow_source() -> Iterator[DataServer]:
-    with data_server({"/slow.csv": Route(SHARED_CSV.read_bytes(), delay_before=SLOW)}) as server:
+    with data_server({"/slow.csv": Route(BUNDLED_CSV.read_bytes(), delay_before=SLOW)}) as server:
         yield server
 
 
 @pytest.fixture
-def service(tmp_path: Path, shared_csv: Path) -> Iterator[tuple[Service, str]]:
-    svc = start_service(tmp_path / "svc", data_url=str(shared_csv), token=TOKEN)
+def service(tmp_path: Path, bundled_csv: Path) -> Iterator[tuple[Service, str]]:
+    svc = start_service(tmp_path / "svc", data_url=str(bundled_csv), token=TOKEN)
     try:
         yield svc, train_and_promote(svc)
     finally:
@@ -126,11 +126,11 @@ def drive(tmp_path: Path) -> Iterator[RestartableDrive]:
 
 
 def test_upload_retry_after_client_timeout_no_second_drive_copy(
-    tmp_path: Path, shared_csv: Path, drive: RestartableDrive
+    tmp_path: Path, bundled_csv: Path, drive: RestartableDrive
 ) -> None:
     svc = start_service(
         tmp_path / "svc-drive",
-        data_url=str(shared_csv),
+        data_url=str(bundled_csv),
         token=TOKEN,
         extra_env=drive.service_env(DRIVE_TIMEOUT="10"),
     )

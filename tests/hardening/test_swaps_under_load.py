@@ -83,11 +83,11 @@ def _load(service: Service, stop: threading.Event, stats: LoadStats, seed: int) 
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_predict_under_model_churn_never_fails(tmp_path: Path, shared_csv: Path, workers: int) -> None:
+def test_predict_under_model_churn_never_fails(tmp_path: Path, bundled_csv: Path, workers: int) -> None:
     """With 2 workers (the container's default) a promotion made by one reaches the other through the
     registry pointer it polls (MODEL_POLL_SECONDS), so each worker swaps on its own."""
     service, first = start_promoted(
-        tmp_path / "svc", str(shared_csv), extra_env={"WEB_CONCURRENCY": str(workers)}
+        tmp_path / "svc", str(bundled_csv), extra_env={"WEB_CONCURRENCY": str(workers)}
     )
     try:
         _churn(service, first, workers)

@@ -28,7 +28,7 @@ import httpx
 import pytest
 
 from etl.features import FEATURES
-from tests.conftest import SHARED_CSV, Service, start_service, stop_process
+from tests.conftest import BUNDLED_CSV, Service, start_service, stop_process
 from tests.deploy.monitoring import (
     Prometheus,
     Query,
@@ -48,15 +48,15 @@ BATCHES = (5, 20, 40)
 
 
 def _rows(count: int) -> list[dict[str, int]]:
-    """Real patients from the shared CSV (rows with a missing value skipped), by the API's field names."""
+    """Real patients from the bundled CSV (rows with a missing value skipped), by the API's field names."""
     rows = []
-    with SHARED_CSV.open(newline="") as handle:
+    with BUNDLED_CSV.open(newline="") as handle:
         for record in csv.DictReader(handle):
             if all(record[column].isdigit() for _, column, _ in FEATURES):
                 rows.append({name: int(record[column]) for name, column, _ in FEATURES})
             if len(rows) == count:
                 return rows
-    raise AssertionError(f"the shared CSV has fewer than {count} complete rows")
+    raise AssertionError(f"the bundled CSV has fewer than {count} complete rows")
 
 
 def _wait(prom: Prometheus, promql: str, predicate: Any, what: str, timeout: float = 60.0) -> list[Any]:
@@ -82,7 +82,7 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("monitoring")
     service = start_service(
-        tmp / "svc", data_url=str(SHARED_CSV), token=TOKEN, extra_env={"DOWNLOAD_RETRIES": "0"}
+        tmp / "svc", data_url=str(BUNDLED_CSV), token=TOKEN, extra_env={"DOWNLOAD_RETRIES": "0"}
     )
     prom_port = free_port()
     closed_port = free_port()  # nothing listens here: stands in for the absent statsd-exporter
@@ -276,7 +276,7 @@ def _start_app(workdir: Path, workers: int, mp_dir: Path) -> tuple[subprocess.Po
         "PORT": str(port),
         "WORKERS": str(workers),
         "PROMETHEUS_MULTIPROC_DIR": str(mp_dir),
-        "DATA_URL": str(SHARED_CSV),
+        "DATA_URL": str(BUNDLED_CSV),
         "DATA_DIR": str(workdir / "data"),
         "RESULTS_DIR": str(workdir / "results"),
         "UPLOAD_DIR": str(workdir / "upload"),

@@ -1,4 +1,4 @@
-"""End to end over real HTTP: a local server serves the shared CSV, a real uvicorn trains, evaluates, uploads
+"""End to end over real HTTP: a local server serves the bundled CSV, a real uvicorn trains, evaluates, uploads
 and predicts; the artifacts on disk, parity with the stored pipeline and the held-out figures are checked."""
 
 from __future__ import annotations
@@ -21,13 +21,12 @@ import pandas as pd
 import pytest
 
 from etl.features import FEATURE_COLUMNS, FEATURE_NAMES
-from tests.conftest import SHARED_CSV, Service, start_service, static_server
-from tests.pipeline_support import read_shared
+from tests.conftest import BUNDLED_CSV, BUNDLED_SHA256, Service, start_service, static_server
+from tests.pipeline_support import read_bundled
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "e2e-token-0123456789abcdef"
-SHARED_SHA256 = "7efcfc593f86f3d898df92a8fec32e64ce84195647bd3a8a2d48c68c005767f4"
 
 
 @dataclass
@@ -52,8 +51,8 @@ class Run:
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     """Start the service with no model, then train -> evaluate -> upload over HTTP (once for the module)."""
     workdir = tmp_path_factory.mktemp("e2e")
-    with static_server(SHARED_CSV.parent) as base:
-        service = start_service(workdir / "svc", data_url=f"{base}/{SHARED_CSV.name}", token=TOKEN)
+    with static_server(BUNDLED_CSV.parent) as base:
+        service = start_service(workdir / "svc", data_url=f"{base}/{BUNDLED_CSV.name}", token=TOKEN)
         try:
             with httpx.Client(base_url=service.url, timeout=180) as http:
                 before = {
@@ -80,7 +79,7 @@ def test_e2e_before_training_not_ready_and_auth_required(run: Run):
 
 
 def test_e2e_train_evaluate_upload_responses(run: Run):
-    assert run.train["data_sha256"] == SHARED_SHA256
+    assert run.train["data_sha256"] == BUNDLED_SHA256
     assert run.train["data_source"].startswith("http://127.0.0.1:")
     assert run.train["rows"]["raw"] == 699
     assert run.evaluate["version"] == run.version
@@ -98,7 +97,7 @@ def test_e2e_artifacts_on_disk(run: Run):
     metrics = json.loads((run.vdir / "metrics.json").read_text())
 
     assert meta["model_sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
-    assert meta["data_sha256"] == SHARED_SHA256 == hashlib.sha256(SHARED_CSV.read_bytes()).hexdigest()
+    assert meta["data_sha256"] == BUNDLED_SHA256 == hashlib.sha256(BUNDLED_CSV.read_bytes()).hexdigest()
     assert meta["version"] == run.version and meta["threshold"] == run.train["threshold"]
     assert {"params", "lineage", "rows", "cv", "created_at"} <= set(meta)
     for key in ("accuracy", "precision", "recall", "f1", "roc_auc"):
@@ -107,8 +106,8 @@ def test_e2e_artifacts_on_disk(run: Run):
     assert json.loads((results / "current.json").read_text())["version"] == run.version
     assert (results / "model.joblib").read_bytes() == model.read_bytes()
     assert (results / "metrics.json").read_bytes() == (run.vdir / "metrics.json").read_bytes()
-    raw = run.service.workdir / "data" / "raw" / f"{SHARED_SHA256}.csv"
-    assert raw.read_bytes() == SHARED_CSV.read_bytes()
+    raw = run.service.workdir / "data" / "raw" / f"{BUNDLED_SHA256}.csv"
+    assert raw.read_bytes() == BUNDLED_CSV.read_bytes()
     assert not [p for p in run.service.workdir.rglob(".tmp-*")]
 
 
@@ -121,7 +120,7 @@ def test_e2e_backup_folder_byte_identical(run: Run):
 
 
 def test_e2e_batch_parity_with_stored_pipeline_on_every_row(run: Run):
-    shared = read_shared()
+    shared = read_bundled()
     complete = shared.dropna()
     X = complete[list(FEATURE_COLUMNS)].astype(int).to_numpy()
     instances = [dict(zip(FEATURE_NAMES, map(int, row), strict=True)) for row in X]
@@ -157,7 +156,7 @@ def test_e2e_batch_parity_with_stored_pipeline_on_every_row(run: Run):
 
 def test_e2e_single_predict_matches_pipeline(run: Run):
     pipeline = joblib.load(run.vdir / "model.joblib")
-    row = read_shared().dropna().iloc[5]
+    row = read_bundled().dropna().iloc[5]
     body = {csv: int(row[csv]) for csv in FEATURE_COLUMNS}  # the CSV names are accepted too
     r = run.http.post("/predict", json=body)
     assert r.status_code == 200, r.text
@@ -169,7 +168,7 @@ def test_e2e_single_predict_matches_pipeline(run: Run):
 def test_e2e_holdout_ids_never_in_training_split(run: Run):
     holdout = pd.read_csv(run.vdir / "holdout.csv")
     meta = json.loads((run.vdir / "meta.json").read_text())
-    clean = read_shared().dropna().drop_duplicates().astype("int64")  # independent cleaning
+    clean = read_bundled().dropna().drop_duplicates().astype("int64")  # independent cleaning
     assert len(clean) == meta["rows"]["clean"]
     assert len(holdout) == meta["rows"]["test"]
     train = clean[~clean["Id"].isin(set(holdout["Id"]))]
