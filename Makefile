@@ -40,9 +40,9 @@ serve: $(STAMP)  ## serve the API with whatever model is promoted (no pipeline r
 pipeline: $(STAMP)  ## run the pipeline once (load, validate, train, evaluate, promote, upload)
 	$(PY) -m etl run
 
-system-deps:  ## Debian packages the integration tests use (prometheus/promtool, docker-compose, wrk)
+system-deps:  ## Debian packages the integration tests use (prometheus/promtool, docker-compose, wrk, chromium)
 	@missing=""; \
-	for pair in prometheus:prometheus promtool:prometheus docker-compose:docker-compose wrk:wrk; do \
+	for pair in prometheus:prometheus promtool:prometheus docker-compose:docker-compose wrk:wrk chromium:chromium; do \
 	  cmd=$${pair%%:*}; pkg=$${pair##*:}; command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
 	if [ -n "$$missing" ]; then \
