@@ -19,7 +19,7 @@ from app.fastpath import PredictFastPath
 from app.routes import router
 from app.state import ModelHolder
 from etl.logger import setup_logging
-from etl.registry import Registry
+from etl.pipeline import open_registry
 from etl.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service. Tests pass their own ``Settings``; production reads the environment."""
     settings = settings or get_settings()
     setup_logging(settings.log_level)
-    registry = Registry(settings.results_dir)
+    registry = open_registry(settings)
     holder = ModelHolder(registry)
 
     @contextlib.asynccontextmanager

@@ -139,11 +139,15 @@ def train(
 ) -> dict[str, Any]:
     """Load and validate the data, train, and register a new version (served only after /evaluate)."""
     registry: Registry = request.app.state.registry
-    data_url = body.data_url if body else None
+    body = body or TrainRequest()
+    data_url = body.data_url
     if data_url:  # a remote caller may name a URL, or a file under DATA_DIR, but not any file on the host
         check_override_source(data_url, default_source=settings.data_url, data_dir=settings.data_dir)
-    summary = _timed_step("train", lambda: pipeline.train_version(settings, registry, data_url))
-    metrics.LAST_TRAINING.set(time.time())
+    summary = _timed_step(
+        "train", lambda: pipeline.train_version(settings, registry, data_url, force=body.force)
+    )
+    if not summary.unchanged:
+        metrics.LAST_TRAINING.set(time.time())
     return summary.to_dict()
 
 
@@ -159,7 +163,8 @@ def train(
 def evaluate(
     settings: SettingsDep, holder: HolderDep, body: Annotated[EvaluateRequest | None, Body()] = None
 ) -> dict[str, Any]:
-    """Score the version on its held-out split; a failed gate is a 200 with ``gate.passed`` false."""
+    """Judge a version with the quality gate (nested estimates, reference set, served model side by side);
+    a failed gate is a 200 with ``gate.passed`` false."""
     body = body or EvaluateRequest()
     summary = _timed_step(
         "evaluate",

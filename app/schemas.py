@@ -103,13 +103,20 @@ class PredictBatchResponse(BaseModel):
 class TrainRequest(BaseModel):
     # examples Swagger users can send as they are: both train on DATA_URL (a URL needs the network, and a
     # path must lie under DATA_DIR, so neither makes an example that works everywhere)
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{}, {"data_url": None}]})
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{}, {"data_url": None}, {"force": True}]}
+    )
 
     data_url: str | None = Field(
         None,
         min_length=1,
         max_length=2048,
         description="override DATA_URL for this run: an http(s) URL or a path under DATA_DIR; null: DATA_URL",
+    )
+    force: bool = Field(
+        False,
+        description="train even when a version from the same data, settings and libraries exists "
+        "(otherwise that version is returned with unchanged: true)",
     )
 
 
@@ -118,18 +125,27 @@ class RowCountsModel(BaseModel):
     missing_dropped: int
     duplicates_dropped: int
     clean: int
+    reference_excluded: int = Field(..., description="rows of reference-set patients, never trained on")
     train: int
     test: int
 
 
 class TrainResponse(BaseModel):
-    version: str = Field(..., description="the new model version (not served until it passes evaluation)")
+    version: str = Field(
+        ..., description="the new model version (not served until it passes evaluation), or the existing one"
+    )
+    unchanged: bool = Field(
+        ..., description="true: same data, settings and libraries as `version`; nothing was trained"
+    )
     data_sha256: str
     data_source: str
     rows: RowCountsModel
     threshold: float
-    cv: dict[str, dict[str, float]] = Field(
-        ..., description="grouped 5-fold CV mean and std on the training split"
+    calibration: Literal["isotonic", "sigmoid", "none"] = Field(..., description="probability calibration")
+    nested: dict[str, Any] = Field(
+        ...,
+        description="nested cross-validation over every training patient: per metric mean, std and 95% "
+        "interval; missed cancers and false alarms with Wilson intervals (docs/model.md)",
     )
     duration_seconds: float
 
@@ -144,16 +160,24 @@ class EvaluateRequest(BaseModel):
 
 
 class GateCheckModel(BaseModel):
-    name: str
-    value: float
+    name: str = Field(..., description="recall, precision, roc_auc (nested), reference_*, *_vs_served, ...")
+    value: float = Field(..., description="the figure judged (a p-value for the paired tests)")
     limit: float
     passed: bool
+    basis: str = Field(..., description="what the figure rests on: which rows, how many, which models")
+    interval: list[float] | None = Field(None, description="its 95% interval, when it has one")
+    comparator: Literal[">=", "<="] = Field(..., description="passes when value <comparator> limit")
+    detail: str = Field("", description="the counts behind the figure")
 
 
 class GateModel(BaseModel):
     passed: bool
     checks: list[GateCheckModel]
     reasons: list[str] = Field(..., description="one line per failed check")
+    notes: list[str] = Field(
+        default_factory=list,
+        description="facts shown with the verdict that decide nothing (data changed, ...)",
+    )
 
 
 class EvaluateResponse(BaseModel):

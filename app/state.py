@@ -11,7 +11,7 @@ from typing import Any
 from app import metrics
 from etl.errors import EtlError, NoServedModelError
 from etl.registry import Registry
-from etl.scorer import LinearScorer, verified_scorer
+from etl.scorer import LinearModel
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ class ServedModel:
 
     version: str
     threshold: float
-    scorer: LinearScorer
+    scorer: LinearModel
     metrics: dict[str, Any]
     created_at: str | None
 
@@ -42,13 +42,13 @@ class ModelHolder:
         return model
 
     def load(self, version: str) -> ServedModel:
-        """Verify, unpickle and check the fast scorer against the pipeline. Raises EtlError on any failure."""
-        pipeline, meta = self.registry.load_pipeline(version)
-        scorer = verified_scorer(pipeline)
+        """Read model.json (plain data, checked against its signature). Raises EtlError on any failure."""
+        model = self.registry.load_model(version)
+        meta = self.registry.read_meta(version)
         return ServedModel(
             version=version,
-            threshold=float(meta["threshold"]),
-            scorer=scorer,
+            threshold=model.threshold,
+            scorer=model,
             metrics=self.registry.read_metrics(version) or {},
             created_at=meta.get("created_at"),
         )

@@ -1,7 +1,9 @@
 """Command line: every pipeline step without the server.
 
-python -m etl load | train | evaluate [VERSION] | promote VERSION | upload [VERSION]
+python -m etl load | train [--force] | evaluate [VERSION] | promote VERSION | upload [VERSION]
 python -m etl run [--serve-fallback] | models | rollback VERSION
+python -m etl reference show | set PATH | reset
+python -m etl gate-study [--seeds N]
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from etl.errors import EtlError
 from etl.logger import setup_logging
-from etl.pipeline import evaluate_version, train_version
+from etl.pipeline import evaluate_version, open_registry, train_version
 from etl.registry import Registry
 from etl.settings import Settings, get_settings
 from etl.upload_results import upload_to_storage
@@ -37,7 +40,7 @@ def cmd_load(settings: Settings, registry: Registry, args: argparse.Namespace) -
 
 
 def cmd_train(settings: Settings, registry: Registry, args: argparse.Namespace) -> int:
-    _print(train_version(settings, registry, args.data_url).to_dict())
+    _print(train_version(settings, registry, args.data_url, force=args.force).to_dict())
     return 0
 
 
@@ -76,12 +79,57 @@ def cmd_models(settings: Settings, registry: Registry, args: argparse.Namespace)
     return 0
 
 
+def cmd_reference(settings: Settings, registry: Registry, args: argparse.Namespace) -> int:
+    from etl.reference import load_reference, reference_from_file, write_reference
+
+    if args.action == "set":
+        if not args.path:
+            raise EtlError("reference set needs the path of a CSV with the dataset's columns")
+        reference = reference_from_file(settings.results_dir, Path(args.path))
+    elif args.action == "reset":
+        from etl.reference import seed_frame
+        from etl.settings import BUNDLED_DATA_PATH
+        from etl.validate import load_prepared
+
+        clean = load_prepared(BUNDLED_DATA_PATH).frame
+        reference = write_reference(
+            settings.results_dir, seed_frame(clean), f"seeded from the bundled {BUNDLED_DATA_PATH.name}"
+        )
+    else:
+        loaded = load_reference(settings.results_dir)
+        if loaded is None:
+            _print(
+                {
+                    "reference": None,
+                    "note": "none pinned yet: the first training seeds it from the bundled data",
+                }
+            )
+            return 0
+        reference = loaded
+    _print({"reference": reference.describe()})
+    return 0
+
+
+def cmd_gate_study(settings: Settings, registry: Registry, args: argparse.Namespace) -> int:
+    from etl.gate_study import run_study
+
+    sys.stdout.write(run_study(settings, seeds=args.seeds, sequences=args.sequences, jobs=args.jobs))
+    return 0
+
+
 def cmd_run(settings: Settings, registry: Registry, args: argparse.Namespace) -> int:
     """Train, evaluate (promote if the gate passes) and back up; with --serve-fallback a failure is not fatal
     when an earlier promoted model exists."""
     registry.recover()
     try:
         trained = train_version(settings, registry, args.data_url)
+        status = registry.status(trained.version)
+        if trained.unchanged and status != "trained":
+            log.info(
+                "data unchanged since version %s (%s): nothing to evaluate or upload", trained.version, status
+            )
+            _print({"version": trained.version, "unchanged": True, "status": status})
+            return 0
         evaluated = evaluate_version(settings, registry, trained.version, promote=True)
         if not evaluated.gate.passed:
             raise EtlError(
@@ -102,7 +150,8 @@ def cmd_run(settings: Settings, registry: Registry, args: argparse.Namespace) ->
             "metrics": {
                 k: evaluated.metrics[k] for k in ("accuracy", "precision", "recall", "f1", "roc_auc")
             },
-            "cv": trained.cv,
+            "unchanged": trained.unchanged,
+            "nested": {k: v["mean"] for k, v in trained.nested["metrics"].items()},
             "promoted": evaluated.promoted,
             "backup_dir": uploaded.backup_dir,
             "drive": uploaded.drive,
@@ -121,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_load)
     p = sub.add_parser("train", help="train and register a new version")
     p.add_argument("--data-url", help="override DATA_URL")
+    p.add_argument(
+        "--force", action="store_true", help="train even if the data, settings and libraries are unchanged"
+    )
     p.set_defaults(fn=cmd_train)
     p = sub.add_parser("evaluate", help="evaluate a version (default newest) and promote it if it passes")
     p.add_argument("version", nargs="?")
@@ -146,6 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_run)
     p = sub.add_parser("models", help="list versions with status and key metrics")
     p.set_defaults(fn=cmd_models)
+    p = sub.add_parser("reference", help="show, replace or reset the pinned reference set")
+    p.add_argument("action", choices=("show", "set", "reset"))
+    p.add_argument("path", nargs="?", help="CSV with the dataset's columns (for set)")
+    p.set_defaults(fn=cmd_reference)
+    p = sub.add_parser("gate-study", help="measure the quality gate's error rates (a study, minutes)")
+    p.add_argument("--seeds", type=int, default=50, help="retrains per scenario (default 50)")
+    p.add_argument("--sequences", type=int, default=2000, help="simulated sequences of 20 retrains")
+    p.add_argument("--jobs", type=int, default=0, help="worker processes (default: all CPUs)")
+    p.set_defaults(fn=cmd_gate_study)
     return parser
 
 
@@ -157,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"invalid settings: {exc}\n")
         return 2
     setup_logging(settings.log_level)
-    registry = Registry(settings.results_dir)
     try:
+        registry = open_registry(settings)
         code: int = args.fn(settings, registry, args)
     except EtlError as exc:
         log.error("%s failed: %s", args.command, exc)

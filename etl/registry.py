@@ -2,15 +2,20 @@
 
 Layout under RESULTS_DIR::
 
-    models/<version>/model.joblib   the fitted scikit-learn pipeline
-    models/<version>/meta.json      parameters, threshold, sha256 of model.joblib and of the data, lineage
-    models/<version>/holdout.csv    the version's held-out rows (evaluation and gate comparisons)
-    models/<version>/metrics.json   after evaluation: metrics and the quality-gate verdict
-    current.json                    {"version": ...}: the served version (switched by an atomic rename)
-    model.joblib, metrics.json      copies of the served version's files (the seed's paths)
+    models/<version>/model.json           the served model as plain data (weights, calibration, threshold)
+    models/<version>/model.joblib         the same model as a scikit-learn object, for people to download
+    models/<version>/meta.json            parameters, nested estimates, sha256 of every file, the signature
+    models/<version>/holdout.csv          the version's held-out rows
+    models/<version>/nested.csv           the nested-CV predictions (one row per outer fold and row)
+    models/<version>/nested_models.json   the nested-CV fold models (their disagreement is the gate's noise)
+    models/<version>/metrics.json         after evaluation: metrics and the quality-gate verdict
+    reference/reference.csv, .json        the pinned reference set (etl/reference.py)
+    current.json                          {"version": ...}: the served version (switched by an atomic rename)
+    model.joblib, metrics.json            copies of the served version's files (the seed's paths)
 
 A version folder is built under ``models/.tmp-<version>`` and renamed into place only when complete, so a
-crash never leaves a half-written version that looks real.
+crash never leaves a half-written version that looks real. Nothing here unpickles: the service loads
+``model.json``, checked against its HMAC signature (etl/signing.py) before it is parsed.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import contextlib
 import fcntl
 import hashlib
 import io
+import json
 import logging
 import os
 import re
@@ -29,9 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import joblib
 import pandas as pd
-from sklearn.pipeline import Pipeline
 
 from etl.errors import (
     ArtifactIntegrityError,
@@ -42,11 +46,15 @@ from etl.errors import (
     TrainingInProgressError,
 )
 from etl.io import TMP_PREFIX, copy_atomic, fsync_dir, read_json, sha256_file, write_json_atomic
+from etl.scorer import LinearModel
+from etl.signing import sign, verify
 
 log = logging.getLogger(__name__)
 
-VERSION_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
-MODEL_FILE, META_FILE, METRICS_FILE, HOLDOUT_FILE = "model.joblib", "meta.json", "metrics.json", "holdout.csv"
+VERSION_RE = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{8}")
+MODEL_JSON, MODEL_FILE, META_FILE, METRICS_FILE = "model.json", "model.joblib", "meta.json", "metrics.json"
+HOLDOUT_FILE, NESTED_FILE, NESTED_MODELS_FILE = "holdout.csv", "nested.csv", "nested_models.json"
+REQUIRED_FILES = (MODEL_JSON, MODEL_FILE, HOLDOUT_FILE)
 
 
 def new_version_name(salt: str, now: datetime | None = None) -> str:
@@ -56,13 +64,29 @@ def new_version_name(salt: str, now: datetime | None = None) -> str:
     return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{digest}"
 
 
-class Registry:
-    """The model registry rooted at ``results_dir``."""
+def is_version(name: object) -> bool:
+    return isinstance(name, str) and VERSION_RE.fullmatch(name) is not None
 
-    def __init__(self, results_dir: Path) -> None:
+
+def gate_passed(metrics: dict[str, Any] | None) -> bool:
+    """Whether a version's metrics.json records a passed quality gate."""
+    return bool(metrics and (metrics.get("quality_gate") or {}).get("passed"))
+
+
+class Registry:
+    """The model registry rooted at ``results_dir``; ``signing_key`` signs and checks ``model.json`` (reading
+    the pointer, listing and promoting need no key; registering and loading a model do)."""
+
+    def __init__(self, results_dir: Path, signing_key: bytes | None = None) -> None:
         self.root = Path(results_dir)
         self.models_dir = self.root / "models"
         self.pointer = self.root / "current.json"
+        self._key = signing_key
+
+    def _signing_key(self) -> bytes:
+        if self._key is None:
+            raise ArtifactIntegrityError("this registry was opened without a model-signing key")
+        return self._key
 
     # -- names and paths -------------------------------------------------------------------------
     def version_dir(self, version: str) -> Path:
@@ -71,13 +95,14 @@ class Registry:
         Raises:
             ModelNotFoundError: the name is malformed or no such version exists.
         """
-        if not VERSION_RE.match(version or ""):
+        if not is_version(version):
             raise ModelNotFoundError(
-                f"{version!r} is not a model version (expected YYYYMMDDTHHMMSSZ-xxxxxxxx; see GET /models)"
+                f"{version!r} is not a model version (expected YYYYMMDDTHHMMSSZ-xxxxxxxx; list them with "
+                "`python -m etl models`)"
             )
         path = self.models_dir / version
         if not (path / META_FILE).is_file():
-            raise ModelNotFoundError(f"model version {version} does not exist (see GET /models)")
+            raise ModelNotFoundError(f"model version {version} does not exist")
         return path
 
     def versions(self) -> list[str]:
@@ -85,9 +110,7 @@ class Registry:
         if not self.models_dir.is_dir():
             return []
         names = [
-            p.name
-            for p in self.models_dir.iterdir()
-            if VERSION_RE.match(p.name) and (p / META_FILE).is_file()
+            p.name for p in self.models_dir.iterdir() if is_version(p.name) and (p / META_FILE).is_file()
         ]
         return sorted(names, key=lambda n: (n[:16], self._created_ns(n), n))
 
@@ -100,10 +123,15 @@ class Registry:
     def latest_version(self) -> str:
         versions = self.versions()
         if not versions:
-            raise ModelNotFoundError(
-                "no model has been trained yet: run POST /train or `python -m etl train`"
-            )
+            raise ModelNotFoundError("no model has been trained yet: train one first")
         return versions[-1]
+
+    def find_fingerprint(self, fingerprint: str) -> str | None:
+        """The newest version trained from the same data, settings and libraries, if any."""
+        for version in reversed(self.versions()):
+            if self.read_meta(version).get("fingerprint") == fingerprint:
+                return version
+        return None
 
     # -- locks -----------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -130,33 +158,36 @@ class Registry:
         return self._flock(".registry.lock", blocking=True)
 
     # -- writing a version -----------------------------------------------------------------------
-    def create_version(
-        self, version: str, pipeline: Pipeline, meta: dict[str, Any], holdout: pd.DataFrame
-    ) -> Path:
+    def create_version(self, version: str, files: dict[str, bytes], meta: dict[str, Any]) -> Path:
         """Write a complete version folder atomically and return its path.
 
-        ``meta`` gets ``version``, ``created_at`` and ``model_sha256`` added.
+        ``files`` must hold model.json, model.joblib and holdout.csv (nested.csv and nested_models.json are
+        optional). ``meta`` gets ``version``, ``created_at``, the sha256 of every file and the signature of
+        model.json added.
         """
-        if not VERSION_RE.match(version):
+        if not is_version(version):
             raise ValueError(f"bad version name {version!r}")
+        missing = [name for name in REQUIRED_FILES if name not in files]
+        if missing:
+            raise ValueError(f"a version needs {missing}")
         self.models_dir.mkdir(parents=True, exist_ok=True)
         staging = self.models_dir / f"{TMP_PREFIX}{version}"
         final = self.models_dir / version
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
         try:
-            joblib.dump(pipeline, staging / MODEL_FILE)
-            holdout.to_csv(staging / HOLDOUT_FILE, index=False)
-            for name in (MODEL_FILE, HOLDOUT_FILE):
-                with (staging / name).open("rb+") as fh:
+            for name, data in files.items():
+                with (staging / name).open("wb") as fh:
+                    fh.write(data)
+                    fh.flush()
                     os.fsync(fh.fileno())
             meta = {
                 **meta,
                 "version": version,
                 "created_at": meta.get("created_at") or datetime.now(UTC).isoformat(timespec="seconds"),
                 "created_ns": time.time_ns(),
-                "model_sha256": sha256_file(staging / MODEL_FILE),
-                "holdout_sha256": sha256_file(staging / HOLDOUT_FILE),
+                "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
+                "model_signature": sign(self._signing_key(), files[MODEL_JSON]),
             }
             write_json_atomic(staging / META_FILE, meta)
             fsync_dir(staging)
@@ -165,7 +196,9 @@ class Registry:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        log.info("registered version %s (model sha256 %s)", version, meta["model_sha256"][:12])
+        log.info(
+            "registered version %s (model.json signed, sha256 %s)", version, meta["files"][MODEL_JSON][:12]
+        )
         return final
 
     def read_meta(self, version: str) -> dict[str, Any]:
@@ -194,56 +227,85 @@ class Registry:
                 copy_atomic(self.version_dir(version) / METRICS_FILE, self.root / METRICS_FILE)
 
     # -- reading a version -----------------------------------------------------------------------
-    def verify(self, version: str) -> dict[str, Any]:
-        """Check model.joblib against the sha256 in meta.json; return meta.
+    def _verified_bytes(self, version: str, name: str, meta: dict[str, Any]) -> bytes:
+        try:
+            data = (self.version_dir(version) / name).read_bytes()
+        except FileNotFoundError:
+            raise ArtifactIntegrityError(f"version {version} has no {name}") from None
+        expected = (meta.get("files") or {}).get(name)
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != expected:
+            raise ArtifactIntegrityError(
+                f"{name} of version {version} fails its integrity check: sha256 {actual[:12]}... does not "
+                f"match {str(expected)[:12]}... recorded at training; it was changed or damaged, so it will "
+                "not be used"
+            )
+        return data
+
+    def load_model(self, version: str) -> LinearModel:
+        """The version's model from ``model.json``, read once and used only if its signature verifies.
 
         Raises:
-            ArtifactIntegrityError: the file is missing or its bytes changed since training.
+            ArtifactIntegrityError: missing, not signed with this MODEL_SIGNING_KEY, or not a valid model.
         """
         meta = self.read_meta(version)
-        path = self.version_dir(version) / MODEL_FILE
-        if not path.is_file():
-            raise ArtifactIntegrityError(f"version {version} has no {MODEL_FILE}")
-        self._check_sha256(version, sha256_file(path), meta)
+        try:
+            data = (self.version_dir(version) / MODEL_JSON).read_bytes()
+        except FileNotFoundError:
+            raise ArtifactIntegrityError(f"version {version} has no {MODEL_JSON}") from None
+        if not verify(self._signing_key(), data, meta.get("model_signature")):
+            raise ArtifactIntegrityError(
+                f"{MODEL_JSON} of version {version} fails its integrity check: its signature does not match "
+                "(changed after training, or signed with another MODEL_SIGNING_KEY), so it will not be loaded"
+            )
+        try:
+            document = json.loads(data)
+        except ValueError:
+            raise ArtifactIntegrityError(f"{MODEL_JSON} of version {version} is not JSON") from None
+        return LinearModel.from_dict(document)
+
+    def verify(self, version: str) -> dict[str, Any]:
+        """Check model.json's signature and model.joblib's sha256; return meta.
+
+        Raises:
+            ArtifactIntegrityError: a file is missing or its bytes changed since training.
+        """
+        self.load_model(version)
+        meta = self.read_meta(version)
+        self._verified_bytes(version, MODEL_FILE, meta)
         return meta
 
-    @staticmethod
-    def _check_sha256(version: str, actual: str, meta: dict[str, Any]) -> None:
-        if actual != meta.get("model_sha256"):
-            raise ArtifactIntegrityError(
-                f"{MODEL_FILE} of version {version} fails its integrity check: sha256 {actual[:12]}... does "
-                f"not match {str(meta.get('model_sha256'))[:12]}... recorded at training; it was changed or "
-                "damaged, so it will not be loaded"
-            )
-
-    def load_pipeline(self, version: str) -> tuple[Pipeline, dict[str, Any]]:
-        """Verify, then unpickle. A file whose sha256 does not match is never unpickled.
-
-        The file is read once and the verified bytes are the ones unpickled, so a file replaced between
-        the check and the load is never unpickled either.
-        """
-        meta = self.read_meta(version)
-        path = self.version_dir(version) / MODEL_FILE
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise ArtifactIntegrityError(f"version {version} has no {MODEL_FILE}") from None
-        self._check_sha256(version, hashlib.sha256(data).hexdigest(), meta)
-        pipeline = joblib.load(io.BytesIO(data))
-        if not isinstance(pipeline, Pipeline):
-            raise ArtifactIntegrityError(f"{MODEL_FILE} of version {version} is not a scikit-learn Pipeline")
-        return pipeline, meta
-
     def load_holdout(self, version: str) -> pd.DataFrame:
-        return pd.read_csv(self.version_dir(version) / HOLDOUT_FILE)
+        return self._read_csv(version, HOLDOUT_FILE)
+
+    def load_nested(self, version: str) -> pd.DataFrame | None:
+        """The nested-CV predictions (``NestedCV.pooled()`` as trained), or None for older versions."""
+        if not (self.version_dir(version) / NESTED_FILE).is_file():
+            return None
+        return self._read_csv(version, NESTED_FILE)
+
+    def load_nested_models(self, version: str) -> list[LinearModel]:
+        if not (self.version_dir(version) / NESTED_MODELS_FILE).is_file():
+            return []
+        data = self._verified_bytes(version, NESTED_MODELS_FILE, self.read_meta(version))
+        try:
+            documents = json.loads(data)
+        except ValueError:
+            raise ArtifactIntegrityError(f"{NESTED_MODELS_FILE} of version {version} is not JSON") from None
+        if not isinstance(documents, list):
+            raise ArtifactIntegrityError(f"{NESTED_MODELS_FILE} of version {version} is not a list")
+        return [LinearModel.from_dict(d) for d in documents]
+
+    def _read_csv(self, version: str, name: str) -> pd.DataFrame:
+        return pd.read_csv(io.BytesIO(self._verified_bytes(version, name, self.read_meta(version))))
 
     # -- serving ---------------------------------------------------------------------------------
     def served_version(self) -> str | None:
         try:
             version = read_json(self.pointer).get("version")
-        except (FileNotFoundError, ValueError):
+        except (FileNotFoundError, ValueError, AttributeError):
             return None
-        return version if isinstance(version, str) and VERSION_RE.match(version) else None
+        return version if is_version(version) else None
 
     def last_promotion_time(self) -> float | None:
         """Unix time the served pointer last switched (its file's mtime), or None."""
@@ -266,22 +328,18 @@ class Registry:
             raise NoServedModelError()
         return version
 
-    def gate_passed(self, version: str) -> bool:
-        metrics = self.read_metrics(version)
-        return bool(metrics and metrics.get("quality_gate", {}).get("passed"))
-
     def status(self, version: str) -> str:
         metrics = self.read_metrics(version)
         if metrics is None:
             return "trained"
-        return "passed" if metrics.get("quality_gate", {}).get("passed") else "rejected"
+        return "passed" if gate_passed(metrics) else "rejected"
 
     def promote(self, version: str) -> str | None:
         """Make ``version`` the served one; return the previously served version.
 
         Raises:
             NotEvaluatedError / NotServableError: not evaluated, or it failed the gate.
-            ArtifactIntegrityError: its model.joblib fails the sha256 check.
+            ArtifactIntegrityError: its files fail their integrity checks.
         """
         with self.write_lock():
             metrics = self.read_metrics(version)
@@ -289,7 +347,7 @@ class Registry:
                 raise NotEvaluatedError(
                     f"version {version} has not been evaluated: evaluate it before promoting"
                 )
-            if not metrics.get("quality_gate", {}).get("passed"):
+            if not gate_passed(metrics):
                 reasons = "; ".join(metrics.get("quality_gate", {}).get("reasons", [])) or "no verdict"
                 raise NotServableError(
                     f"version {version} failed the quality gate and cannot be served: {reasons}"
@@ -343,7 +401,7 @@ class Registry:
                 served_metrics = self.version_dir(served) / METRICS_FILE
                 if (
                     not mirror.is_file()
-                    or sha256_file(mirror) != meta.get("model_sha256")
+                    or sha256_file(mirror) != meta["files"][MODEL_FILE]
                     or not metrics_mirror.is_file()
                     or metrics_mirror.read_bytes() != served_metrics.read_bytes()
                 ):

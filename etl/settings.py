@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # The Wisconsin CSV ships inside the package (etl/data/README.md): the default source, no network needed.
@@ -42,11 +42,33 @@ class Settings(BaseSettings):
     download_retries: int = Field(3, ge=0, le=10, description="retries on transient download errors")
     max_data_bytes: int = Field(50 * 1024 * 1024, gt=0, description="size cap of the downloaded CSV")
 
-    # quality gate
-    gate_min_recall: float = Field(0.95, ge=0.0, le=1.0)
-    gate_min_precision: float = Field(0.90, ge=0.0, le=1.0)
-    gate_min_roc_auc: float = Field(0.98, ge=0.0, le=1.0)
-    gate_tolerance: float = Field(0.01, ge=0.0, le=1.0, description="allowed drop vs the served model")
+    # training procedure and nested cross-validation (docs/model.md)
+    calibration: Literal["auto", "isotonic", "sigmoid", "none"] = Field(
+        "auto",
+        description="probability calibration; auto keeps the one with the lowest nested Brier score that "
+        "misses no more cancers than none",
+    )
+    nested_repeats: int = Field(3, ge=1, le=20, description="repeats of the nested cross-validation")
+    nested_folds: int = Field(5, ge=2, le=20, description="outer folds of the nested cross-validation")
+
+    # quality gate (etl/gate.py; measured error rates in docs/model.md)
+    gate_min_recall: float = Field(0.95, ge=0.0, le=1.0, description="floor of the nested recall")
+    gate_min_precision: float = Field(0.90, ge=0.0, le=1.0, description="floor of the nested precision")
+    gate_min_roc_auc: float = Field(0.98, ge=0.0, le=1.0, description="floor of the nested ROC-AUC")
+    gate_min_reference_roc_auc: float = Field(
+        0.90, ge=0.0, le=1.0, description="floor of the ROC-AUC on the trusted reference set"
+    )
+    gate_alpha: float = Field(
+        0.01, gt=0.0, lt=0.5, description="level of the paired tests against the served model"
+    )
+
+    # model signing (etl/signing.py)
+    model_signing_key: SecretStr | None = Field(
+        None, description="HMAC key for model.json (32+ bytes); empty = MODEL_SIGNING_KEY_FILE"
+    )
+    model_signing_key_file: Path = Field(
+        Path("secrets/model_signing.key"), description="key file, made on first use when missing"
+    )
 
     # service
     api_token: str = Field("", description="bearer token for mutating routes; empty disables auth")
@@ -124,6 +146,14 @@ class Settings(BaseSettings):
     @property
     def raw_dir(self) -> Path:
         return self.data_dir / "raw"
+
+    def signing_key(self) -> bytes:
+        """MODEL_SIGNING_KEY, or the key file (made on first use)."""
+        from etl.signing import check_key, load_or_create_key
+
+        if self.model_signing_key is not None and self.model_signing_key.get_secret_value():
+            return check_key(self.model_signing_key.get_secret_value().encode(), "MODEL_SIGNING_KEY")
+        return load_or_create_key(self.model_signing_key_file)
 
 
 @lru_cache

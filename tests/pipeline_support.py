@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from etl.features import EXPECTED_COLUMNS, FEATURE_COLUMNS, FEATURE_NAMES
-from etl.pipeline import evaluate_version, train_version
-from etl.registry import Registry
+from etl.pipeline import evaluate_version, open_registry, train_version
 from etl.settings import Settings
 from tests.conftest import BUNDLED_CSV
 
@@ -25,6 +26,7 @@ def make_settings(base: Path, data_url: str | Path = BUNDLED_CSV, **overrides: o
         data_dir=base / "data",
         results_dir=base / "results",
         upload_dir=base / "upload",
+        model_signing_key_file=base / "secrets" / "model_signing.key",
         **overrides,  # type: ignore[arg-type]
     )
 
@@ -68,6 +70,38 @@ def bundled_complete_rows() -> pd.DataFrame:
     return frame.astype({c: "int64" for c in frame.columns})
 
 
+def fitted_version_files(base: Path) -> tuple[dict[str, bytes], pd.DataFrame]:
+    """The files of a small real version (model.json, model.joblib, holdout.csv) and its held-out rows."""
+    import io
+
+    import joblib
+
+    from etl.train import arrays, download_artifact, fit_procedure
+    from etl.validate import load_prepared
+
+    frame = load_prepared(write_csv(base / "d.csv", synthetic_rows(10))).frame
+    X, y, groups = arrays(frame)
+    fitted = fit_procedure(X, y, groups, seed=0, target_recall=0.98)
+    buffer = io.BytesIO()
+    joblib.dump(download_artifact(fitted, X, y, "none", 0), buffer)
+    holdout = frame.iloc[::3]
+    files = {
+        "model.json": json.dumps(fitted.model("none").to_dict()).encode(),
+        "model.joblib": buffer.getvalue(),
+        "holdout.csv": holdout.to_csv(index=False).encode(),
+    }
+    return files, holdout
+
+
+def load_artifact(results_dir: Path, version: str) -> tuple[Any, dict[str, Any]]:
+    """The version's downloadable model.joblib (the scikit-learn object, loaded by the test, which trusts it)
+    and its meta.json: the independent reference the service's answers are compared with."""
+    import joblib
+
+    vdir = Path(results_dir) / "models" / version
+    return joblib.load(vdir / "model.joblib"), json.loads((vdir / "meta.json").read_text())
+
+
 def instance(row: Sequence[int]) -> dict[str, int]:
     return dict(zip(FEATURE_NAMES, (int(v) for v in row), strict=True))
 
@@ -75,7 +109,7 @@ def instance(row: Sequence[int]) -> dict[str, int]:
 def build_served_registry(base: Path) -> tuple[Settings, str]:
     """Train and evaluate (promote) one version on the bundled CSV in ``base``: (settings, version)."""
     settings = make_settings(base)
-    registry = Registry(settings.results_dir)
+    registry = open_registry(settings)
     trained = train_version(settings, registry)
     evaluated = evaluate_version(settings, registry, trained.version)
     assert evaluated.promoted, evaluated.gate.reasons

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from etl.features import FEATURE_COLUMNS, FEATURE_NAMES
+from etl.pipeline import open_registry
 from etl.registry import VERSION_RE, Registry
 from etl.settings import Settings
 from tests.conftest import BUNDLED_CSV, BUNDLED_SHA256, free_port, static_server
@@ -22,6 +23,7 @@ from tests.pipeline_support import (
     build_served_registry,
     copy_tree,
     instance,
+    load_artifact,
     make_settings,
     read_bundled,
     synthetic_rows,
@@ -63,7 +65,7 @@ class Served:
 
     @property
     def registry(self) -> Registry:
-        return Registry(self.base / "results")
+        return open_registry(self.settings())
 
 
 @pytest.fixture
@@ -141,7 +143,7 @@ def test_ready_503_then_200_after_train_and_evaluate(empty_client: TestClient):
 
 
 def test_predict_snake_case_matches_stored_pipeline(client: TestClient, served: Served):
-    pipeline, meta = served.registry.load_pipeline(served.version)
+    pipeline, meta = load_artifact(served.base / "results", served.version)
     for body, label in ((BENIGN, "benign"), (MALIGNANT, "malignant")):
         r = client.post("/predict", json=body)
         assert r.status_code == 200, r.text
@@ -329,19 +331,39 @@ def test_protected_route_open_when_api_token_unset(served: Served):
 
 
 def test_train_returns_version_rows_and_sha(client: TestClient, served: Served):
-    r = client.post("/train", headers=AUTH)
+    r = client.post("/train", headers=AUTH, json={"force": True})
     assert r.status_code == 200, r.text
     out = r.json()
-    assert VERSION_RE.match(out["version"]) and out["version"] > served.version
+    assert VERSION_RE.match(out["version"]) and out["version"] > served.version and out["unchanged"] is False
     assert out["data_sha256"] == BUNDLED_SHA256 and out["data_source"] == str(BUNDLED_CSV)
     rows = out["rows"]
     assert (rows["raw"], rows["missing_dropped"], rows["duplicates_dropped"]) == (699, 16, 8)
-    assert rows["train"] + rows["test"] == rows["clean"] == 675
+    assert rows["train"] + rows["test"] + rows["reference_excluded"] == rows["clean"] == 675
+    assert rows["reference_excluded"] == 136
     assert 0.0 < out["threshold"] < 1.0 and out["duration_seconds"] > 0
-    assert out["cv"]["recall"]["mean"] > 0.9
+    nested = out["nested"]
+    assert nested["metrics"]["recall"]["mean"] > 0.9 and nested["rows"] == 675 - 136
+    lo, hi = nested["metrics"]["recall"]["ci95"]
+    assert lo <= nested["metrics"]["recall"]["mean"] <= hi
+    assert nested["counts"]["missed_cancers"]["of"] + nested["counts"]["false_alarms"]["of"] == 675 - 136
+    assert out["calibration"] in {"isotonic", "sigmoid", "none"}
     assert served.registry.versions() == [served.version, out["version"]]
     assert served.registry.served_version() == served.version  # training alone never serves
     assert client.get("/ready").json()["model_version"] == served.version
+
+
+def test_train_twice_with_identical_data_and_settings_yields_one_version(client: TestClient, served: Served):
+    first = client.post("/train", headers=AUTH)
+    second = client.post("/train", headers=AUTH, json={"data_url": None})
+    assert first.status_code == second.status_code == 200, (first.text, second.text)
+    assert first.json()["unchanged"] is second.json()["unchanged"] is True
+    assert first.json()["version"] == second.json()["version"] == served.version
+    assert first.json()["nested"] == second.json()["nested"]
+    assert served.registry.versions() == [served.version]
+    with client_for(served.settings(random_seed=1)) as reseeded:  # one training setting differs
+        changed = reseeded.post("/train", headers=AUTH)
+    assert changed.status_code == 200 and changed.json()["unchanged"] is False
+    assert served.registry.versions() == [served.version, changed.json()["version"]]
 
 
 def test_train_while_another_training_runs_409(client: TestClient, served: Served):
@@ -445,7 +467,13 @@ def test_evaluate_served_version_without_promote(client: TestClient, served: Ser
     out = r.json()
     assert out["version"] == served.version and out["promoted"] is False
     assert out["gate"]["passed"] is True and out["gate"]["reasons"] == []
-    assert {c["name"] for c in out["gate"]["checks"]} == {"recall", "precision", "roc_auc"}
+    assert {c["name"] for c in out["gate"]["checks"]} == {
+        "recall",
+        "precision",
+        "roc_auc",
+        "reference_roc_auc",
+        "reference_recall",
+    }
     stored = json.loads((served.base / "results" / "models" / served.version / "metrics.json").read_text())
     for key in ("accuracy", "precision", "recall", "f1", "roc_auc", "specificity", "confusion_matrix"):
         assert out["metrics"][key] == stored[key]
@@ -454,7 +482,7 @@ def test_evaluate_served_version_without_promote(client: TestClient, served: Ser
 
 def test_evaluate_gate_failure_200_not_promoted_and_served_unchanged(served: Served):
     with client_for(served.settings(gate_min_recall=1.0)) as c:
-        v2 = c.post("/train", headers=AUTH).json()["version"]
+        v2 = c.post("/train", headers=AUTH, json={"force": True}).json()["version"]
 
         r = c.post("/evaluate", headers=AUTH, json={})
 
@@ -516,7 +544,7 @@ def test_models_current_without_model_503(empty_client: TestClient):
 
 def test_promote_rollback_swaps_served_model(client: TestClient, served: Served):
     v1 = served.version
-    v2 = client.post("/train", headers=AUTH).json()["version"]
+    v2 = client.post("/train", headers=AUTH, json={"force": True}).json()["version"]
     not_evaluated = client.post(f"/models/{v2}/promote", headers=AUTH)
     assert not_evaluated.status_code == 409
     assert (
@@ -544,7 +572,8 @@ def test_promote_rollback_swaps_served_model(client: TestClient, served: Served)
 @pytest.mark.parametrize("version", ["20200101T000000Z-deadbeef", "not-a-version"])
 def test_promote_unknown_version_404(client: TestClient, version: str):
     r = client.post(f"/models/{version}/promote", headers=AUTH)
-    assert r.status_code == 404 and "GET /models" in r.json()["detail"]
+    assert r.status_code == 404
+    assert r.json()["detail"].startswith((f"model version {version} does not exist", f"{version!r} is not a"))
 
 
 def test_promote_tampered_model_409_and_keeps_serving(client: TestClient, served: Served):
@@ -556,8 +585,8 @@ def test_promote_tampered_model_409_and_keeps_serving(client: TestClient, served
 
 
 def test_startup_refuses_tampered_served_model(served: Served):
-    model = served.base / "results" / "models" / served.version / "model.joblib"
-    model.write_bytes(model.read_bytes() + b"x")
+    model = served.base / "results" / "models" / served.version / "model.json"
+    model.write_bytes(model.read_bytes() + b" ")
     (served.base / "results" / "model.joblib").unlink()  # nothing to fall back on
     with client_for(served.settings()) as c:
         assert c.get("/ready").status_code == 503

@@ -22,16 +22,15 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram
-from sklearn.pipeline import Pipeline
 
 from app import metrics
 from app.main import create_app
 from etl.features import FEATURE_COLUMNS, FEATURE_MAX, FEATURE_MIN, FEATURE_NAMES
-from etl.pipeline import evaluate_version, train_version
+from etl.pipeline import evaluate_version, open_registry, train_version
 from etl.registry import Registry
 from etl.settings import Settings
 from tests.conftest import BUNDLED_CSV
-from tests.pipeline_support import make_settings
+from tests.pipeline_support import load_artifact, make_settings
 
 TOLERANCE = 1e-9
 ROUTE_JSON = {"Content-Type": "application/problem+json"}  # JSON for FastAPI, not for the fast path
@@ -52,18 +51,17 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One version trained on the bundled CSV, evaluated and promoted (the real pipeline)."""
     base = tmp_path_factory.mktemp("parity")
     s = _settings(base)
-    registry = Registry(s.results_dir)
+    registry = open_registry(s)
     version = train_version(s, registry).version
     assert evaluate_version(s, registry, version, promote=True).promoted
     return base
 
 
 @pytest.fixture(scope="module")
-def stored(model_dir: Path) -> tuple[Pipeline, dict[str, Any], str]:
-    registry = Registry(model_dir / "results")
-    version = registry.served_version()
+def stored(model_dir: Path) -> tuple[Any, dict[str, Any], str]:
+    version = Registry(model_dir / "results").served_version()
     assert version
-    pipeline, meta = registry.load_pipeline(version)
+    pipeline, meta = load_artifact(model_dir / "results", version)
     return pipeline, meta, version
 
 
@@ -81,7 +79,7 @@ def csv_rows() -> list[tuple[int, ...]]:
     return [tuple(int(v) for v in row) for row in features.itertuples(index=False)]
 
 
-def _expected(pipeline: Pipeline, rows: list[tuple[int, ...]]) -> np.ndarray:
+def _expected(pipeline: Any, rows: list[tuple[int, ...]]) -> np.ndarray:
     X = pd.DataFrame(np.array(rows, dtype=float), columns=list(FEATURE_COLUMNS))
     if not hasattr(pipeline, "feature_names_in_"):
         return pipeline.predict_proba(X.to_numpy())[:, 1]

@@ -69,9 +69,10 @@ def test_cli_run_trains_evaluates_promotes_and_backs_up(ran):
     out = _json(proc)
     version = out["version"]
     assert out["promoted"] is True
-    assert out["rows"]["raw"] == 699 and out["rows"]["train"] + out["rows"]["test"] == out["rows"]["clean"]
+    rows = out["rows"]
+    assert rows["raw"] == 699 and rows["train"] + rows["test"] + rows["reference_excluded"] == rows["clean"]
     assert out["metrics"]["recall"] >= 0.95 and out["metrics"]["accuracy"] >= 0.95
-    assert set(out["cv"]) >= {"accuracy", "recall"}
+    assert out["nested"]["recall"] >= 0.95 and out["unchanged"] is False
     assert out["drive"]["status"] == "skipped"
     backup = Path(out["backup_dir"])
     assert backup.parent == template / "upload"
@@ -118,7 +119,9 @@ def test_cli_evaluate_gate_failure_exits_3(workdir: Path):
 
 def test_cli_train_then_rollback(workdir: Path):
     v1 = _served(workdir)
-    trained = etl_cli(workdir, "train")
+    unchanged = etl_cli(workdir, "train")
+    assert unchanged.returncode == 0 and _json(unchanged)["version"] == v1 and _json(unchanged)["unchanged"]
+    trained = etl_cli(workdir, "train", "--force")
     assert trained.returncode == 0, trained.stderr
     v2 = _json(trained)["version"]
     assert v2 > v1 and _served(workdir) == v1  # training alone does not serve

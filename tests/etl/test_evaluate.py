@@ -1,17 +1,19 @@
-"""etl.evaluate: metrics on a hand-computed example, and the metrics.json dict of evaluate_model."""
+"""etl.evaluate: metrics on hand-computed examples, intervals, calibration error, the nested-CV summary."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
+import pandas as pd
 import pytest
+from scipy.stats import beta
 
-from etl.evaluate import classification_metrics, evaluate_model, predict_proba
-from etl.features import FEATURE_COLUMNS
-from etl.train import build_pipeline
-from etl.validate import load_prepared
-from tests.pipeline_support import synthetic_rows, write_csv
+from etl.evaluate import (
+    classification_metrics,
+    expected_calibration_error,
+    summarise_nested,
+    wilson_interval,
+    with_intervals,
+)
 
 Y = np.array([0, 0, 1, 1, 1, 0])
 P = np.array([0.1, 0.6, 0.7, 0.4, 0.9, 0.2])
@@ -27,6 +29,7 @@ def test_classification_metrics_hand_example():
     assert m["f1"] == pytest.approx(2 / 3)
     assert m["specificity"] == pytest.approx(2 / 3)
     assert m["roc_auc"] == pytest.approx(8 / 9)  # 8 of 9 (positive, negative) pairs ranked right
+    assert m["brier"] == pytest.approx(np.mean((P - Y) ** 2))
     assert m["support"] == {"benign": 3, "malignant": 3}
 
 
@@ -45,40 +48,92 @@ def test_classification_metrics_no_predicted_positive_gives_zero_not_error():
     assert m["accuracy"] == 0.5 and m["specificity"] == 1.0
 
 
-def test_evaluate_model_returns_metrics_json_dict(tmp_path: Path):
-    prepared = load_prepared(write_csv(tmp_path / "d.csv", synthetic_rows(10)))
-    frame = prepared.frame
-    pipeline = build_pipeline(0).fit(frame[list(FEATURE_COLUMNS)].to_numpy(dtype=float), frame["Class"])
-    meta = {
-        "version": "20250101T000000Z-0123abcd",
-        "created_at": "2025-01-01T00:00:00+00:00",
-        "cv": {"recall": {"mean": 0.9, "std": 0.1}},
-        "rows": {"raw": 20},
-        "data_sha256": "ab" * 32,
-        "data_source": "/x.csv",
-    }
-    holdout = frame.iloc[::2]
+def test_expected_calibration_error_hand_example():
+    # bin [0.1, 0.2): mean p 0.15, observed 0.5 (n 2); bin [0.9, 1.0]: mean p 0.95, observed 1.0 (n 2)
+    y = np.array([0, 1, 1, 1])
+    p = np.array([0.1, 0.2 - 1e-9, 0.9, 1.0])
+    expected = 0.5 * abs(np.mean(p[:2]) - 0.5) + 0.5 * abs(np.mean(p[2:]) - 1.0)
+    assert expected_calibration_error(y, p) == pytest.approx(expected)
+    assert expected_calibration_error(np.array([0, 1]), np.array([0.0, 1.0])) == 0.0
 
-    metrics = evaluate_model(pipeline, holdout, 0.5, meta)
 
-    expected = classification_metrics(
-        holdout["Class"].to_numpy(),
-        pipeline.predict_proba(holdout[list(FEATURE_COLUMNS)].to_numpy(dtype=float))[:, 1],
-        0.5,
+@pytest.mark.parametrize(("k", "n"), [(47, 48), (0, 20), (20, 20), (5, 136), (3.3, 188)])
+def test_wilson_interval_contains_the_estimate_and_is_narrower_than_clopper_pearson(k: float, n: int):
+    lo, hi = wilson_interval(k, n)
+    assert 0.0 <= lo <= k / n <= hi <= 1.0
+    if float(k).is_integer():  # exact (Clopper-Pearson) bounds are conservative: Wilson lies inside them
+        cp_lo = beta.ppf(0.025, k, n - k + 1) if k > 0 else 0.0
+        cp_hi = beta.ppf(0.975, k + 1, n - k) if k < n else 1.0
+        assert cp_lo - 1e-9 <= lo and hi <= cp_hi + 1e-9
+
+
+def test_wilson_interval_of_47_of_48_matches_the_issue():
+    lo, hi = wilson_interval(47, 48)
+    assert (round(lo, 3), round(hi, 3)) == (0.891, 0.996)
+
+
+def test_with_intervals_uses_the_confusion_matrix_counts():
+    m = classification_metrics(Y, P, 0.5)
+    assert with_intervals(m)["recall"] == wilson_interval(2, 3)
+    assert with_intervals(m)["specificity"] == wilson_interval(2, 3)
+
+
+def _pooled(rng: np.random.Generator, repeats: int = 3, rows: int = 60) -> pd.DataFrame:
+    y = (np.arange(rows) % 3 == 0).astype(int)
+    parts = []
+    for r in range(repeats):
+        proba = np.clip(y * 0.7 + rng.normal(0.15, 0.15, rows), 0, 1)
+        parts.append(
+            pd.DataFrame(
+                {
+                    "row": np.arange(rows),
+                    "repeat": r,
+                    "fold": np.arange(rows) % 5,
+                    "proba": proba,
+                    "threshold": 0.5,
+                    "pred": (proba >= 0.5).astype(int),
+                    "y": y,
+                    "group": np.arange(rows) // 2,  # two rows per patient
+                }
+            )
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_summarise_nested_mean_is_the_mean_of_per_repeat_pooled_figures():
+    pooled = _pooled(np.random.default_rng(0))
+    summary = summarise_nested(pooled, samples=200)
+    per_repeat = [
+        classification_metrics(g["y"].to_numpy(), g["proba"].to_numpy(), 0.5)
+        for _, g in pooled.groupby("repeat")
+    ]
+    for name in ("recall", "precision", "roc_auc", "brier"):
+        est = summary["metrics"][name]
+        assert est["mean"] == pytest.approx(np.mean([m[name] for m in per_repeat]))
+        assert est["ci95"][0] <= est["mean"] <= est["ci95"][1]
+        assert est["std"] >= 0.0
+    missed = ((pooled["pred"] == 0) & (pooled["y"] == 1)).sum() / 3
+    counts = summary["counts"]["missed_cancers"]
+    assert counts["mean"] == pytest.approx(missed) and counts["of"] == 20
+    assert counts["wilson95"] == wilson_interval(missed, 20)
+    assert (summary["rows"], summary["patients"], summary["repeats"], summary["folds"]) == (60, 30, 3, 5)
+
+
+def test_summarise_nested_bootstrap_resamples_patients_not_rows():
+    # every patient has one malignant row caught and one benign row: recall is 1 in every resample
+    rows = 40
+    pooled = pd.DataFrame(
+        {
+            "row": np.arange(rows),
+            "repeat": 0,
+            "fold": np.arange(rows) % 5,
+            "proba": np.tile([0.9, 0.1], rows // 2),
+            "threshold": 0.5,
+            "pred": np.tile([1, 0], rows // 2),
+            "y": np.tile([1, 0], rows // 2),
+            "group": np.arange(rows) // 2,
+        }
     )
-    for key, value in expected.items():
-        assert metrics[key] == value
-    assert metrics["threshold"] == 0.5
-    assert metrics["model_version"] == meta["version"]
-    assert metrics["trained_at"] == meta["created_at"]
-    assert metrics["cv"] == meta["cv"] and metrics["rows"] == meta["rows"]
-    assert metrics["data_sha256"] == meta["data_sha256"] and metrics["data_source"] == "/x.csv"
-    assert set(metrics["versions"]) >= {"python", "scikit-learn", "pandas"}
-    assert metrics["evaluated_at"]
-
-
-def test_predict_proba_uses_feature_order_not_frame_order(tmp_path: Path):
-    frame = load_prepared(write_csv(tmp_path / "d.csv", synthetic_rows(10))).frame
-    pipeline = build_pipeline(0).fit(frame[list(FEATURE_COLUMNS)].to_numpy(dtype=float), frame["Class"])
-    shuffled = frame[list(reversed(frame.columns))]
-    np.testing.assert_array_equal(predict_proba(pipeline, shuffled), predict_proba(pipeline, frame))
+    summary = summarise_nested(pooled, samples=100)
+    assert summary["metrics"]["recall"]["ci95"] == [1.0, 1.0]
+    assert summary["metrics"]["specificity"]["ci95"] == [1.0, 1.0]

@@ -1,108 +1,240 @@
-"""etl.gate: absolute minimums, the comparison with the served model, the tolerance; and in the pipeline."""
+"""etl.gate: each check on hand-made figures; and the gate in the pipeline on the bundled data: an honest
+retrain passes, permuted and flipped labels are rejected (with a served model and without)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 
-from etl.evaluate import classification_metrics, predict_proba
-from etl.gate import check_quality_gate
-from etl.pipeline import evaluate_version, train_version
-from etl.registry import Registry
+from etl.evaluate import classification_metrics
+from etl.gate import (
+    GateRule,
+    Paired,
+    binomial_tail,
+    check_quality_gate,
+    disagreement_limit,
+    mcnemar_one_sided,
+)
+from etl.pipeline import evaluate_version, open_registry, train_version
+from tests.conftest import BUNDLED_CSV
 from tests.pipeline_support import make_settings
 
-GOOD = {"recall": 0.97, "precision": 0.93, "roc_auc": 0.99, "f1": 0.95}
-LIMITS = {"min_recall": 0.95, "min_precision": 0.90, "min_roc_auc": 0.98}
+RULE = GateRule(min_recall=0.95, min_precision=0.90, min_roc_auc=0.98, min_reference_roc_auc=0.90, alpha=0.01)
 
 
-def test_check_quality_gate_all_minimums_met_passes():
-    verdict = check_quality_gate(GOOD, **LIMITS)
-    assert verdict.passed
-    assert [(c.name, c.value, c.limit, c.passed) for c in verdict.checks] == [
-        ("recall", 0.97, 0.95, True),
-        ("precision", 0.93, 0.90, True),
-        ("roc_auc", 0.99, 0.98, True),
-    ]
-    assert verdict.reasons == []
+def nested(recall: float = 0.98, precision: float = 0.94, roc_auc: float = 0.99) -> dict[str, Any]:
+    def est(v: float) -> dict[str, Any]:
+        return {"mean": v, "std": 0.01, "ci95": [v - 0.02, min(1.0, v + 0.02)]}
+
+    return {
+        "metrics": {"recall": est(recall), "precision": est(precision), "roc_auc": est(roc_auc)},
+        "rows": 539,
+        "repeats": 3,
+        "folds": 5,
+    }
+
+
+def reference(tp: int = 47, fn: int = 1, tn: int = 85, fp: int = 3, auc: float = 0.99) -> dict[str, Any]:
+    return {
+        "recall": tp / (tp + fn),
+        "roc_auc": auc,
+        "confusion_matrix": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
+    }
+
+
+def names(verdict: Any, passed: bool) -> list[str]:
+    return [c.name for c in verdict.checks if c.passed is passed]
+
+
+def test_check_quality_gate_good_candidate_alone_passes_every_check():
+    verdict = check_quality_gate(nested(), reference(), rule=RULE)
+    assert verdict.passed and verdict.reasons == []
+    assert names(verdict, True) == ["recall", "precision", "roc_auc", "reference_roc_auc", "reference_recall"]
+    recall = verdict.checks[0]
+    assert (recall.value, recall.limit, recall.interval) == (0.98, 0.95, [0.96, 1.0])
+    assert "nested CV, 539 rows, 3x5 folds" in recall.basis
     assert verdict.to_dict()["passed"] is True
 
 
 @pytest.mark.parametrize(
-    ("metric", "value"),
-    [("recall", 0.9499), ("precision", 0.85), ("roc_auc", 0.97)],
+    ("kwargs", "failed"),
+    [
+        ({"recall": 0.9499}, "recall"),
+        ({"precision": 0.85}, "precision"),
+        ({"roc_auc": 0.97}, "roc_auc"),
+    ],
 )
-def test_check_quality_gate_below_a_minimum_fails_naming_it(metric: str, value: float):
-    verdict = check_quality_gate({**GOOD, metric: value}, **LIMITS)
+def test_check_quality_gate_nested_estimate_below_floor_fails_naming_it(
+    kwargs: dict[str, float], failed: str
+):
+    verdict = check_quality_gate(nested(**kwargs), reference(), rule=RULE)
     assert not verdict.passed
-    failed = [c for c in verdict.checks if not c.passed]
-    assert [c.name for c in failed] == [metric]
-    assert len(verdict.reasons) == 1
-    assert verdict.reasons[0].startswith(f"{metric} = {value:.4f}") and "FAILED" in verdict.reasons[0]
-    assert verdict.to_dict()["reasons"] == verdict.reasons
+    assert names(verdict, False) == [failed]
+    assert verdict.reasons[0].startswith(f"{failed} = ") and "FAILED" in verdict.reasons[0]
+    assert "95%" in verdict.reasons[0] and "nested CV" in verdict.reasons[0]
 
 
-def test_check_quality_gate_exactly_at_minimum_passes():
-    verdict = check_quality_gate({**GOOD, "recall": 0.95, "precision": 0.90, "roc_auc": 0.98}, **LIMITS)
-    assert verdict.passed
+def test_check_quality_gate_exactly_at_the_floors_passes():
+    assert check_quality_gate(nested(0.95, 0.90, 0.98), reference(), rule=RULE).passed
+
+
+def test_check_quality_gate_missing_nested_estimates_fails():
+    verdict = check_quality_gate(None, reference(), rule=RULE)
+    assert not verdict.passed and names(verdict, False) == ["nested estimates"]
 
 
 @pytest.mark.parametrize(
-    ("candidate", "served", "tolerance", "passed"),
+    ("tp", "fn", "passed"),
+    [(48, 0, True), (44, 4, True), (43, 5, True), (42, 6, False), (5, 43, False)],
+)
+def test_check_quality_gate_reference_recall_fails_only_when_confidently_below_the_floor(
+    tp: int, fn: int, passed: bool
+):
+    verdict = check_quality_gate(nested(), reference(tp=tp, fn=fn), rule=RULE)
+    check = next(c for c in verdict.checks if c.name == "reference_recall")
+    assert check.passed is passed
+    assert check.interval is not None and (check.interval[1] >= 0.95) is passed
+    assert f"{tp} of {tp + fn} cancers caught" in check.detail
+
+
+def test_check_quality_gate_reference_auc_catches_a_model_that_ranks_backwards():
+    verdict = check_quality_gate(nested(), reference(tp=8, fn=40, auc=0.01), rule=RULE)
+    assert {"reference_roc_auc", "reference_recall"} <= set(names(verdict, False))
+
+
+def test_binomial_tail_and_mcnemar_hand_values():
+    assert binomial_tail(0, 5, 0.3) == 1.0 and binomial_tail(6, 5, 0.3) == 0.0
+    assert binomial_tail(5, 5, 0.5) == pytest.approx(1 / 32)
+    assert mcnemar_one_sided(5, 0) == pytest.approx(1 / 32)
+    assert mcnemar_one_sided(7, 0) == pytest.approx(1 / 128)  # the fewest lone misses rejected at 0.01
+    assert mcnemar_one_sided(2, 3) == pytest.approx(sum(math.comb(5, i) for i in range(2, 6)) / 32)
+    assert mcnemar_one_sided(0, 0) == 1.0
+
+
+def test_disagreement_limit_grows_with_the_measured_noise():
+    assert disagreement_limit(136, 0.0) == disagreement_limit(136, 1 / 136) >= 3
+    low, high = disagreement_limit(136, 0.02), disagreement_limit(136, 0.10)
+    assert low < high < 136
+    assert binomial_tail(high + 1, 136, 0.10) < 1e-3 <= binomial_tail(high, 136, 0.10)
+
+
+def paired(
+    miss_c: int = 0, miss_s: int = 0, alarm_c: int = 0, alarm_s: int = 0, d: int = 2, noise: float = 0.03
+) -> Paired:
+    return Paired("20250101T000000Z-00000000", miss_c, miss_s, alarm_c, alarm_s, d, 136, noise)
+
+
+@pytest.mark.parametrize(
+    ("pair", "failed"),
     [
-        ({"recall": 0.97, "f1": 0.95}, {"recall": 0.97, "f1": 0.95}, 0.01, True),
-        ({"recall": 0.961, "f1": 0.95}, {"recall": 0.97, "f1": 0.95}, 0.01, True),
-        ({"recall": 0.96, "f1": 0.94}, {"recall": 0.97, "f1": 0.95}, 0.01, True),  # exactly at the limit
-        ({"recall": 0.959, "f1": 0.95}, {"recall": 0.97, "f1": 0.95}, 0.01, False),
-        ({"recall": 0.97, "f1": 0.93}, {"recall": 0.97, "f1": 0.95}, 0.01, False),
-        ({"recall": 0.96, "f1": 0.95}, {"recall": 0.97, "f1": 0.95}, 0.0, False),
-        ({"recall": 0.96, "f1": 0.95}, {"recall": 0.97, "f1": 0.95}, 0.05, True),
+        (paired(), []),
+        (paired(miss_c=3, miss_s=0, d=3), []),  # p = 1/8: honest noise
+        (paired(miss_c=7, miss_s=0, d=7), ["missed_cancers_vs_served"]),
+        (paired(miss_c=8, miss_s=2, d=10), []),  # p = 56/1024 > 0.01
+        (paired(alarm_c=10, alarm_s=1, d=11), ["false_alarms_vs_served"]),  # p = 12/2048
+        (
+            paired(miss_c=40, alarm_c=80, d=125),
+            ["missed_cancers_vs_served", "false_alarms_vs_served", "agreement_with_served"],
+        ),
     ],
 )
-def test_check_quality_gate_compares_with_served_within_tolerance(
-    candidate: dict[str, float], served: dict[str, float], tolerance: float, passed: bool
-):
-    verdict = check_quality_gate(
-        {**GOOD, **candidate}, **LIMITS, served_metrics={**GOOD, **served}, tolerance=tolerance
+def test_check_quality_gate_against_served_is_paired(pair: Paired, failed: list[str]):
+    verdict = check_quality_gate(nested(), reference(), rule=RULE, paired=pair)
+    assert names(verdict, False) == failed
+    assert any(c.name == "agreement_with_served" for c in verdict.checks)
+    if "agreement_with_served" in failed:
+        assert any("contradict the served model" in r for r in verdict.reasons)
+
+
+def test_paired_compare_counts_discordant_rows():
+    y = np.array([1, 1, 1, 0, 0, 0])
+    cand = np.array([0, 1, 1, 1, 0, 0])
+    served = np.array([1, 1, 0, 0, 0, 1])
+    p = Paired.compare("v", y, cand, served, 0.1)
+    assert (p.missed_only_by_candidate, p.missed_only_by_served) == (1, 1)
+    assert (p.alarms_only_by_candidate, p.alarms_only_by_served) == (1, 1)
+    assert (p.disagreements, p.rows) == (4, 6)
+
+
+# --- in the pipeline, on the bundled data ---------------------------------------------------------
+
+
+def _variant(tmp_path: Path, name: str, transform: Any) -> Path:
+    frame = pd.read_csv(BUNDLED_CSV, dtype=str)
+    frame["Class"] = transform(frame["Class"].astype(int).to_numpy())
+    path = tmp_path / f"{name}.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def served_registry(tmp_path_factory: pytest.TempPathFactory):
+    base = tmp_path_factory.mktemp("gate")
+    settings = make_settings(base)
+    registry = open_registry(settings)
+    honest = train_version(settings, registry)
+    evaluated = evaluate_version(settings, registry, honest.version)
+    return base, settings, registry, honest.version, evaluated
+
+
+def test_gate_honest_retrain_passes_alone_and_against_the_served_model(served_registry):
+    base, _, registry, served, first = served_registry
+    assert first.gate.passed and first.promoted, first.gate.reasons
+    reseeded = make_settings(base, random_seed=7)
+    candidate = train_version(reseeded, registry)
+    assert not candidate.unchanged and candidate.version != served
+    verdict = evaluate_version(reseeded, registry, candidate.version, promote=False)
+    assert verdict.gate.passed, verdict.gate.reasons
+    checks = {c.name for c in verdict.gate.checks}
+    assert {"missed_cancers_vs_served", "false_alarms_vs_served", "agreement_with_served"} <= checks
+    paired_block = verdict.metrics["reference"]["paired"]
+    assert paired_block["served_version"] == served and paired_block["rows"] == 136
+
+
+@pytest.mark.parametrize("with_served", [False, True])
+def test_gate_permuted_and_flipped_labels_are_rejected(tmp_path: Path, served_registry, with_served: bool):
+    _, settings, registry, served, _ = served_registry
+    if not with_served:  # a fresh registry: nothing served yet
+        settings = make_settings(tmp_path)
+        registry = open_registry(settings)
+    permuted = _variant(tmp_path, "permuted", lambda y: np.random.default_rng(1).permutation(y))
+    flipped = _variant(tmp_path, "flipped", lambda y: 1 - y)
+    for path, must_fail in ((permuted, "roc_auc"), (flipped, "reference_roc_auc")):
+        trained = train_version(settings, registry, str(path))
+        verdict = evaluate_version(settings, registry, trained.version)
+        assert not verdict.gate.passed and not verdict.promoted
+        assert must_fail in [c.name for c in verdict.gate.checks if not c.passed], verdict.gate.reasons
+        assert registry.served_version() == (served if with_served else None)
+        assert registry.status(trained.version) == "rejected"
+        if path is flipped:
+            # its own (flipped) data says it is excellent; the trusted reference set says otherwise
+            assert trained.nested["metrics"]["roc_auc"]["mean"] > 0.95
+            assert verdict.metrics["reference"]["candidate"]["roc_auc"] < 0.1
+            if with_served:
+                assert any("contradict the served model" in r for r in verdict.gate.reasons)
+                assert any(n.startswith("data changed") for n in verdict.gate.notes)
+
+
+def test_gate_verdict_is_stored_with_the_reference_figures_of_both_models(served_registry):
+    _, _, registry, served, _ = served_registry
+    stored = registry.read_metrics(served)
+    assert stored is not None
+    ref = stored["reference"]
+    assert ref["rows"] == 136 and ref["malignant"] == 48 and len(ref["sha256"]) == 64
+    y = registry.load_model(served)
+    frame = pd.read_csv(settings_reference_csv(registry.root))
+    proba = y.proba(frame[[c for c in frame.columns if c not in ("Id", "Class")]].to_numpy(dtype=float))
+    assert (
+        ref["candidate"]["recall"]
+        == classification_metrics(frame["Class"].to_numpy(), proba, y.threshold)["recall"]
     )
-    assert verdict.passed is passed
-    by_name = {c.name: c for c in verdict.checks}
-    assert set(by_name) == {"recall", "precision", "roc_auc", "recall_vs_served", "f1_vs_served"}
-    assert by_name["recall_vs_served"].limit == pytest.approx(served["recall"] - tolerance)
-    assert by_name["f1_vs_served"].limit == pytest.approx(served["f1"] - tolerance)
-    assert by_name["recall_vs_served"].value == candidate["recall"]
+    assert stored["quality_gate"]["passed"] is True
 
 
-# --- in the pipeline: the served model is scored on the candidate's held-out rows ---------------
-
-
-def test_evaluate_version_compares_with_served_on_candidates_holdout(tmp_path: Path):
-    settings = make_settings(tmp_path)
-    registry = Registry(settings.results_dir)
-    v1 = train_version(settings, registry).version
-    assert evaluate_version(settings, registry, v1).promoted
-
-    # a candidate tuned for much lower recall: passes loose minimums, fails the no-regression check
-    loose = make_settings(
-        tmp_path, target_recall=0.5, gate_min_recall=0.0, gate_min_precision=0.0, gate_min_roc_auc=0.0
-    )
-    v2 = train_version(loose, registry).version
-    summary = evaluate_version(loose, registry, v2)
-
-    holdout = registry.load_holdout(v2)
-    served_pipeline, served_meta = registry.load_pipeline(v1)
-    served = classification_metrics(
-        holdout["Class"].to_numpy(), predict_proba(served_pipeline, holdout), served_meta["threshold"]
-    )
-    comparison = summary.metrics["served_comparison"]
-    assert comparison["version"] == v1
-    assert comparison["recall"] == served["recall"] and comparison["f1"] == served["f1"]
-    checks = {c.name: c for c in summary.gate.checks}
-    assert checks["recall_vs_served"].limit == pytest.approx(served["recall"] - 0.01)
-    assert not checks["recall_vs_served"].passed
-    assert checks["recall"].passed and checks["precision"].passed and checks["roc_auc"].passed
-    assert not summary.gate.passed and not summary.promoted
-    assert registry.served_version() == v1
-    assert registry.status(v2) == "rejected"
-    stored = registry.read_metrics(v2)
-    assert stored is not None and stored["quality_gate"] == summary.gate.to_dict()
+def settings_reference_csv(results_dir: Path) -> Path:
+    return results_dir / "reference" / "reference.csv"

@@ -9,8 +9,7 @@ import pandas as pd
 import pytest
 
 from etl.errors import TrainingInProgressError
-from etl.pipeline import evaluate_version, train_version
-from etl.registry import Registry
+from etl.pipeline import evaluate_version, open_registry, train_version
 from tests.pipeline_support import make_settings
 
 
@@ -18,7 +17,7 @@ def test_pipeline_train_then_evaluate_promotes_a_model_that_meets_the_targets(
     tmp_path: Path, bundled_csv: Path
 ):
     settings = make_settings(tmp_path, bundled_csv)
-    registry = Registry(settings.results_dir)
+    registry = open_registry(settings)
 
     trained = train_version(settings, registry)
     assert registry.served_version() is None  # training alone never serves
@@ -29,10 +28,11 @@ def test_pipeline_train_then_evaluate_promotes_a_model_that_meets_the_targets(
         "missing_dropped": 16,
         "duplicates_dropped": 8,
         "clean": 675,
+        "reference_excluded": 136,
         "train": trained.rows["train"],
         "test": trained.rows["test"],
     }
-    assert trained.rows["train"] + trained.rows["test"] == 675
+    assert trained.rows["train"] + trained.rows["test"] == 675 - 136
     assert evaluated.gate.passed, evaluated.gate.reasons
     assert evaluated.promoted and registry.served_version() == trained.version
     assert evaluated.metrics["recall"] >= 0.95 and evaluated.metrics["accuracy"] >= 0.95
@@ -43,7 +43,7 @@ def test_pipeline_train_then_evaluate_promotes_a_model_that_meets_the_targets(
 
 def test_pipeline_gate_failure_keeps_the_served_model(tmp_path: Path, bundled_csv: Path):
     settings = make_settings(tmp_path, bundled_csv)
-    registry = Registry(settings.results_dir)
+    registry = open_registry(settings)
     good = train_version(settings, registry)
     evaluate_version(settings, registry, good.version)
 
@@ -61,9 +61,39 @@ def test_pipeline_gate_failure_keeps_the_served_model(tmp_path: Path, bundled_cs
     assert registry.status(bad.version) == "rejected"
 
 
+def test_pipeline_same_data_settings_and_libraries_train_once(tmp_path: Path, bundled_csv: Path):
+    settings = make_settings(tmp_path, bundled_csv, nested_repeats=1)
+    registry = open_registry(settings)
+    first = train_version(settings, registry)
+    again = train_version(settings, registry)
+    assert not first.unchanged and again.unchanged
+    assert again.version == first.version and again.nested == first.nested
+    assert registry.versions() == [first.version]
+    forced = train_version(settings, registry, force=True)
+    assert not forced.unchanged and forced.version != first.version
+    other = train_version(
+        make_settings(tmp_path, bundled_csv, nested_repeats=1, target_recall=0.97), registry
+    )
+    assert not other.unchanged
+    assert registry.versions() == [first.version, forced.version, other.version]
+
+
+def test_pipeline_reference_patients_never_reach_training(tmp_path: Path, bundled_csv: Path):
+    settings = make_settings(tmp_path, bundled_csv, nested_repeats=1)
+    registry = open_registry(settings)
+    trained = train_version(settings, registry)
+    reference = pd.read_csv(settings.results_dir / "reference" / "reference.csv")
+    holdout = registry.load_holdout(trained.version)
+    nested = registry.load_nested(trained.version)
+    assert nested is not None
+    assert set(reference["Id"]).isdisjoint(holdout["Id"])
+    assert set(reference["Id"]).isdisjoint(nested["group"])
+    assert len(set(nested["group"])) + len(set(reference["Id"])) <= 675
+
+
 def test_pipeline_second_concurrent_training_is_refused(tmp_path: Path, bundled_csv: Path):
     settings = make_settings(tmp_path, bundled_csv)
-    registry = Registry(settings.results_dir)
+    registry = open_registry(settings)
     with registry.training_lock(), pytest.raises(TrainingInProgressError, match="already running"):
         train_version(settings, registry)
     assert registry.versions() == []

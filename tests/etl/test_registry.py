@@ -1,4 +1,5 @@
-"""etl.registry: versions on disk, atomic writes, integrity before unpickling, promotion, recovery, locks."""
+"""etl.registry: versions on disk, atomic writes, signed model.json (nothing unpickled), promotion, recovery,
+locks."""
 
 from __future__ import annotations
 
@@ -9,10 +10,8 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import joblib
 import pandas as pd
 import pytest
-from sklearn.pipeline import Pipeline
 
 import etl.registry
 from etl.errors import (
@@ -23,27 +22,25 @@ from etl.errors import (
     NotServableError,
     TrainingInProgressError,
 )
-from etl.features import FEATURE_COLUMNS
 from etl.registry import VERSION_RE, Registry, new_version_name
-from etl.train import build_pipeline
-from etl.validate import load_prepared
+from etl.scorer import LinearModel
+from etl.signing import sign
 from tests.conftest import ROOT
-from tests.pipeline_support import synthetic_rows, write_csv
+from tests.pipeline_support import fitted_version_files
+
+KEY = b"k" * 32
 
 T0 = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Pipeline, pd.DataFrame]:
-    path = write_csv(tmp_path_factory.mktemp("data") / "d.csv", synthetic_rows(10))
-    frame = load_prepared(path).frame
-    pipeline = build_pipeline(0).fit(frame[list(FEATURE_COLUMNS)].to_numpy(dtype=float), frame["Class"])
-    return pipeline, frame.iloc[::3]
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, bytes], pd.DataFrame]:
+    return fitted_version_files(tmp_path_factory.mktemp("data"))
 
 
 def _create(reg: Registry, fitted, minutes: int = 0, **meta: object) -> str:
     version = new_version_name("salt", now=T0 + timedelta(minutes=minutes))
-    reg.create_version(version, fitted[0], {"threshold": 0.5, **meta}, fitted[1])
+    reg.create_version(version, fitted[0], {"threshold": 0.5, **meta})
     return version
 
 
@@ -70,14 +67,20 @@ def test_new_version_name_is_sortable_and_unique():
 
 
 def test_registry_create_version_writes_complete_folder(tmp_path: Path, fitted):
-    reg = Registry(tmp_path)
+    reg = Registry(tmp_path, KEY)
     version = _create(reg, fitted, data_sha256="d" * 64)
     vdir = tmp_path / "models" / version
-    assert sorted(p.name for p in vdir.iterdir()) == ["holdout.csv", "meta.json", "model.joblib"]
+    assert sorted(p.name for p in vdir.iterdir()) == [
+        "holdout.csv",
+        "meta.json",
+        "model.joblib",
+        "model.json",
+    ]
     meta = json.loads((vdir / "meta.json").read_text())
     assert meta["version"] == version and meta["threshold"] == 0.5 and meta["data_sha256"] == "d" * 64
-    assert meta["model_sha256"] == hashlib.sha256((vdir / "model.joblib").read_bytes()).hexdigest()
-    assert meta["holdout_sha256"] == hashlib.sha256((vdir / "holdout.csv").read_bytes()).hexdigest()
+    for name in ("model.json", "model.joblib", "holdout.csv"):
+        assert meta["files"][name] == hashlib.sha256((vdir / name).read_bytes()).hexdigest()
+    assert meta["model_signature"] == sign(KEY, (vdir / "model.json").read_bytes())
     assert meta["created_at"]
     pd.testing.assert_frame_equal(reg.load_holdout(version), fitted[1].reset_index(drop=True))
     assert _leftovers(tmp_path) == []
@@ -85,7 +88,7 @@ def test_registry_create_version_writes_complete_folder(tmp_path: Path, fitted):
 
 
 def test_registry_versions_oldest_first_and_latest(tmp_path: Path, fitted):
-    reg = Registry(tmp_path)
+    reg = Registry(tmp_path, KEY)
     assert reg.versions() == []
     with pytest.raises(ModelNotFoundError, match="no model has been trained yet"):
         reg.latest_version()
@@ -101,20 +104,20 @@ def test_registry_versions_oldest_first_and_latest(tmp_path: Path, fitted):
 @pytest.mark.parametrize("name", ["nope", "../etc", "20250601T120000Z-deadbeef", ""])
 def test_registry_version_dir_unknown_or_malformed_raises_not_found(tmp_path: Path, name: str):
     with pytest.raises(ModelNotFoundError) as err:
-        Registry(tmp_path).version_dir(name)
-    assert "GET /models" in str(err.value)
+        Registry(tmp_path, KEY).version_dir(name)
+    assert "python -m etl models" in str(err.value) or "does not exist" in str(err.value)
 
 
 def test_registry_create_version_crash_leaves_no_version(
     tmp_path: Path, fitted, monkeypatch: pytest.MonkeyPatch
 ):
-    reg = Registry(tmp_path)
+    reg = Registry(tmp_path, KEY)
 
     def crash(*args: object, **kwargs: object) -> None:
-        Path(str(args[1])).write_bytes(b"half a pickle")
+        Path(str(args[0])).write_bytes(b"{half a meta")
         raise OSError("disk full")
 
-    monkeypatch.setattr(etl.registry.joblib, "dump", crash)
+    monkeypatch.setattr(etl.registry, "write_json_atomic", crash)
     with pytest.raises(OSError, match="disk full"):
         _create(reg, fitted)
     assert reg.versions() == []
@@ -122,46 +125,71 @@ def test_registry_create_version_crash_leaves_no_version(
     assert _leftovers(tmp_path) == []
 
 
-def test_registry_load_pipeline_refuses_tampered_model_before_unpickling(
-    tmp_path: Path, fitted, monkeypatch: pytest.MonkeyPatch
-):
-    reg = Registry(tmp_path)
+def test_registry_load_model_reads_the_signed_json(tmp_path: Path, fitted):
+    reg = Registry(tmp_path, KEY)
     version = _create(reg, fitted)
-    loaded, _ = reg.load_pipeline(version)  # the untouched file loads
-    assert isinstance(loaded, Pipeline)
+    model = reg.load_model(version)
+    assert model == LinearModel.from_dict(json.loads(fitted[0]["model.json"]))
 
-    model = tmp_path / "models" / version / "model.joblib"
-    model.write_bytes(model.read_bytes() + b"\x00")
 
-    def must_not_unpickle(*args: object, **kwargs: object) -> None:
-        raise AssertionError("joblib.load was called on a file that fails its sha256 check")
-
-    monkeypatch.setattr(etl.registry.joblib, "load", must_not_unpickle)
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda p: p.write_bytes(p.read_bytes().replace(b'"threshold": ', b'"threshold": 0.0001, "x": ')),
+        lambda p: p.write_bytes(p.read_bytes() + b" "),
+        lambda p: p.unlink(),
+    ],
+    ids=["edited", "one-byte", "deleted"],
+)
+def test_registry_load_model_refuses_a_changed_model_json(tmp_path: Path, fitted, tamper):
+    reg = Registry(tmp_path, KEY)
+    version = _create(reg, fitted)
+    tamper(tmp_path / "models" / version / "model.json")
     with pytest.raises(ArtifactIntegrityError) as err:
-        reg.load_pipeline(version)
-    assert "fails its integrity check" in str(err.value) and version in str(err.value)
+        reg.load_model(version)
+    assert version in str(err.value)
 
 
-def test_registry_load_pipeline_missing_model_file_raises(tmp_path: Path, fitted):
-    reg = Registry(tmp_path)
+def test_registry_load_model_refuses_a_hash_fixed_up_in_meta_without_the_key(tmp_path: Path, fitted):
+    """An attacker who can write results/ recomputes every sha256 in meta.json; without the key, no use."""
+    reg = Registry(tmp_path, KEY)
     version = _create(reg, fitted)
-    (tmp_path / "models" / version / "model.joblib").unlink()
-    with pytest.raises(ArtifactIntegrityError, match=r"has no model\.joblib"):
-        reg.load_pipeline(version)
+    path = tmp_path / "models" / version / "model.json"
+    doc = json.loads(path.read_text())
+    doc["bias"] = -1000.0  # always "benign"
+    path.write_text(json.dumps(doc))
+    meta = reg.read_meta(version)
+    reg.update_meta(
+        version,
+        files={**meta["files"], "model.json": hashlib.sha256(path.read_bytes()).hexdigest()},
+        model_signature=hashlib.sha256(path.read_bytes()).hexdigest(),
+    )
+    with pytest.raises(ArtifactIntegrityError, match="signature does not match"):
+        reg.load_model(version)
+    with pytest.raises(ArtifactIntegrityError, match="signature does not match"):
+        Registry(tmp_path, b"another key of thirty-two bytes!").load_model(_create(reg, fitted, 1))
 
 
-def test_registry_load_pipeline_refuses_non_pipeline_object(tmp_path: Path, fitted):
-    reg = Registry(tmp_path)
+def test_registry_load_model_refuses_a_signed_document_that_is_not_a_model(tmp_path: Path, fitted):
+    reg = Registry(tmp_path, KEY)
     version = _create(reg, fitted)
-    vdir = tmp_path / "models" / version
-    joblib.dump({"not": "a pipeline"}, vdir / "model.joblib")
-    reg.update_meta(version, model_sha256=hashlib.sha256((vdir / "model.joblib").read_bytes()).hexdigest())
-    with pytest.raises(ArtifactIntegrityError, match="is not a scikit-learn Pipeline"):
-        reg.load_pipeline(version)
+    path = tmp_path / "models" / version / "model.json"
+    path.write_text(json.dumps({"format": "pickle", "payload": "cos\nsystem\n"}))
+    reg.update_meta(version, model_signature=sign(KEY, path.read_bytes()))
+    with pytest.raises(ArtifactIntegrityError, match="is not a valid model"):
+        reg.load_model(version)
+
+
+def test_registry_without_a_key_refuses_to_register_or_load(tmp_path: Path, fitted):
+    version = _create(Registry(tmp_path, KEY), fitted)
+    keyless = Registry(tmp_path)
+    assert keyless.versions() == [version]
+    with pytest.raises(ArtifactIntegrityError, match="without a model-signing key"):
+        keyless.load_model(version)
 
 
 def test_registry_promote_refuses_not_evaluated(tmp_path: Path, fitted):
-    reg = Registry(tmp_path)
+    reg = Registry(tmp_path, KEY)
     version = _create(reg, fitted)
     with pytest.raises(NotEvaluatedError, match="has not been evaluated"):
         reg.promote(version)
@@ -170,7 +198,7 @@ def test_registry_promote_refuses_not_evaluated(tmp_path: Path, fitted):
 
 
 def test_registry_promote_refuses_gate_failed(tmp_path: Path, fitted):
-    reg = Registry(tmp_path)
+    reg = Registry(tmp_path, KEY)
     version = _create(reg, fitted)
     _evaluated(reg, version, passed=False)
     with pytest.raises(NotServableError) as err:
@@ -180,13 +208,13 @@ def test_registry_promote_refuses_gate_failed(tmp_path: Path, fitted):
 
 
 def test_registry_promote_refuses_tampered_model_and_keeps_served(tmp_path: Path, fitted):
-    reg = Registry(tmp_path)
+    reg = Registry(tmp_path, KEY)
     good, bad = _create(reg, fitted, 0), _create(reg, fitted, 1)
     _evaluated(reg, good)
     _evaluated(reg, bad)
     reg.promote(good)
     (tmp_path / "models" / bad / "model.joblib").write_bytes(b"tampered")
-    with pytest.raises(ArtifactIntegrityError):
+    with pytest.raises(ArtifactIntegrityError, match=r"model\.joblib of version"):
         reg.promote(bad)
     assert reg.served_version() == good
     assert (tmp_path / "model.joblib").read_bytes() == (
@@ -195,7 +223,7 @@ def test_registry_promote_refuses_tampered_model_and_keeps_served(tmp_path: Path
 
 
 def test_registry_promote_switches_pointer_and_mirrors(tmp_path: Path, fitted):
-    reg = Registry(tmp_path)
+    reg = Registry(tmp_path, KEY)
     with pytest.raises(NoServedModelError, match="no model is served yet"):
         reg.require_served()
     v1, v2 = _create(reg, fitted, 0), _create(reg, fitted, 1)
@@ -214,7 +242,7 @@ def test_registry_promote_switches_pointer_and_mirrors(tmp_path: Path, fitted):
 
 
 def test_registry_rollback_serves_earlier_version(tmp_path: Path, fitted):
-    reg = Registry(tmp_path)
+    reg = Registry(tmp_path, KEY)
     v1, v2 = _create(reg, fitted, 0), _create(reg, fitted, 1)
     _evaluated(reg, v1, recall=0.96)
     _evaluated(reg, v2, recall=0.99)
@@ -230,7 +258,7 @@ def test_registry_rollback_serves_earlier_version(tmp_path: Path, fitted):
 
 
 def test_registry_write_metrics_of_served_version_updates_mirror(tmp_path: Path, fitted):
-    reg = Registry(tmp_path)
+    reg = Registry(tmp_path, KEY)
     v1 = _create(reg, fitted)
     _evaluated(reg, v1, recall=0.96)
     reg.promote(v1)
@@ -241,13 +269,13 @@ def test_registry_write_metrics_of_served_version_updates_mirror(tmp_path: Path,
 def test_registry_served_version_ignores_garbage_pointer(tmp_path: Path):
     tmp_path.mkdir(exist_ok=True)
     (tmp_path / "current.json").write_text("{not json")
-    assert Registry(tmp_path).served_version() is None
+    assert Registry(tmp_path, KEY).served_version() is None
     (tmp_path / "current.json").write_text(json.dumps({"version": "../../etc"}))
-    assert Registry(tmp_path).served_version() is None
+    assert Registry(tmp_path, KEY).served_version() is None
 
 
 def test_registry_recover_removes_leftovers_and_resyncs_mirrors(tmp_path: Path, fitted):
-    reg = Registry(tmp_path)
+    reg = Registry(tmp_path, KEY)
     v1, v2 = _create(reg, fitted, 0), _create(reg, fitted, 1)
     _evaluated(reg, v1)
     _evaluated(reg, v2)
@@ -272,11 +300,11 @@ def test_registry_recover_removes_leftovers_and_resyncs_mirrors(tmp_path: Path, 
 
 
 def test_registry_training_lock_second_acquirer_gets_error(tmp_path: Path):
-    reg = Registry(tmp_path)
+    reg = Registry(tmp_path, KEY)
     with (
         reg.training_lock(),
         pytest.raises(TrainingInProgressError, match="a training is already running"),
-        Registry(tmp_path).training_lock(),
+        Registry(tmp_path, KEY).training_lock(),
     ):
         pass
     with reg.training_lock():  # released: can be taken again
@@ -290,7 +318,7 @@ def test_registry_training_lock_excludes_other_processes(tmp_path: Path):
         "try:\n    with Registry(Path(sys.argv[1])).training_lock(): print('acquired')\n"
         "except TrainingInProgressError as e: print('busy:', e)\n"
     )
-    reg = Registry(tmp_path)
+    reg = Registry(tmp_path, KEY)
     run = [sys.executable, "-c", code, str(tmp_path)]
     with reg.training_lock():
         held = subprocess.run(run, cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -300,7 +328,7 @@ def test_registry_training_lock_excludes_other_processes(tmp_path: Path):
 
 
 def test_registry_recover_resyncs_metrics_mirror_after_crash_between_copies(tmp_path: Path, fitted):
-    reg = Registry(tmp_path)
+    reg = Registry(tmp_path, KEY)
     v1, v2 = _create(reg, fitted, 0), _create(reg, fitted, 1)
     _evaluated(reg, v1, recall=0.96)
     _evaluated(reg, v2, recall=0.99)
@@ -318,9 +346,9 @@ def test_registry_recover_resyncs_metrics_mirror_after_crash_between_copies(tmp_
 
 
 def test_registry_versions_in_the_same_second_keep_creation_order(tmp_path: Path, fitted):
-    reg = Registry(tmp_path)
+    reg = Registry(tmp_path, KEY)
     first, second = "20250601T120000Z-ffffffff", "20250601T120000Z-00000000"  # hash order is the reverse
-    reg.create_version(first, fitted[0], {"threshold": 0.5}, fitted[1])
-    reg.create_version(second, fitted[0], {"threshold": 0.5}, fitted[1])
+    reg.create_version(first, fitted[0], {"threshold": 0.5})
+    reg.create_version(second, fitted[0], {"threshold": 0.5})
     assert reg.versions() == [first, second]
     assert reg.latest_version() == second  # POST /evaluate's default is the one trained last

@@ -1,4 +1,4 @@
-"""etl.train: the threshold rule (property-tested), and that it is chosen from training data only."""
+"""etl.train: the threshold rule (property-tested), the procedure on training data only, the nested CV."""
 
 from __future__ import annotations
 
@@ -10,15 +10,25 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.preprocessing import StandardScaler
 
 import etl.pipeline
 from etl.features import FEATURE_COLUMNS
-from etl.pipeline import train_version
-from etl.registry import Registry
-from etl.train import build_pipeline, choose_threshold, train_model
+from etl.pipeline import open_registry, train_version
+from etl.scorer import check_parity, parity_rows
+from etl.train import (
+    CALIBRATION_METHODS,
+    Fitted,
+    arrays,
+    build_pipeline,
+    choose_threshold,
+    download_artifact,
+    fit_procedure,
+    nested_cv,
+)
 from etl.validate import load_prepared, split_train_test
 from tests.conftest import BUNDLED_CSV
 from tests.pipeline_support import make_settings
@@ -83,43 +93,76 @@ def bundled_split() -> tuple[pd.DataFrame, pd.DataFrame]:
     return split_train_test(load_prepared(BUNDLED_CSV).frame, test_size=0.2, seed=42)
 
 
-def test_train_model_threshold_comes_from_out_of_fold_training_probabilities(bundled_split):
+@pytest.fixture(scope="module")
+def fitted(bundled_split) -> tuple[Fitted, np.ndarray, np.ndarray]:
     train, _ = bundled_split
-    result = train_model(train, seed=42, target_recall=0.98)
+    X, y, groups = arrays(train)
+    return fit_procedure(X, y, groups, seed=42, target_recall=0.98), X, y
 
-    # recompute the out-of-fold probabilities independently on the training rows only
-    X = train[list(FEATURE_COLUMNS)].to_numpy(dtype=float)
-    y = train["Class"].to_numpy()
+
+def test_fit_procedure_threshold_comes_from_out_of_fold_training_probabilities(bundled_split, fitted):
+    train, _ = bundled_split
+    result, X, y = fitted
+    # recompute the out-of-fold decision values independently on the training rows only
     oof = np.zeros(len(train))
     splitter = StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=42)
     for fit_idx, val_idx in splitter.split(X, y, train["Id"].to_numpy()):
         assert set(train["Id"].iloc[fit_idx]).isdisjoint(train["Id"].iloc[val_idx])
-        oof[val_idx] = build_pipeline(42).fit(X[fit_idx], y[fit_idx]).predict_proba(X[val_idx])[:, 1]
-    assert result.threshold == brute_force_threshold(y, oof, 0.98)
-    assert ((oof >= result.threshold) & (y == 1)).sum() / (y == 1).sum() >= 0.98
-    assert result.params["cv_folds"] == 5 and result.params["target_recall"] == 0.98
-    assert set(result.cv) == {"accuracy", "precision", "recall", "f1", "specificity", "roc_auc"}
-    assert all(0.0 <= v["mean"] <= 1.0 and v["std"] >= 0.0 for v in result.cv.values())
+        oof[val_idx] = build_pipeline(42).fit(X[fit_idx], y[fit_idx]).decision_function(X[val_idx])
+    np.testing.assert_allclose(result.oof_decision, oof, rtol=0, atol=1e-12)
+    for method in CALIBRATION_METHODS:
+        calibrated = result.calibrations[method].apply(oof)
+        model = result.model(method)
+        assert model.threshold == brute_force_threshold(y, calibrated, 0.98)
+        assert ((calibrated >= model.threshold) & (y == 1)).sum() / (y == 1).sum() >= 0.98
 
 
-def test_train_model_fits_scaler_and_logistic_regression_on_all_training_rows(bundled_split):
+@pytest.mark.parametrize("method", ["sigmoid", "isotonic"])
+def test_fit_procedure_calibration_equals_calibrated_classifier_cv(fitted, method: str):
+    result, X, y = fitted
+    reference = CalibratedClassifierCV(build_pipeline(42), method=method, cv=result.folds, ensemble=False)
+    reference.fit(X, y)
+    rows = np.vstack([X, parity_rows(500)])
+    np.testing.assert_allclose(
+        result.model(method).proba(rows), reference.predict_proba(rows)[:, 1], rtol=0, atol=1e-12
+    )
+    assert check_parity(result.model(method), download_artifact(result, X, y, method, 42)) <= 1e-9
+
+
+def test_fit_procedure_fits_scaler_and_logistic_regression_on_all_training_rows(bundled_split, fitted):
     train, _ = bundled_split
-    result = train_model(train, seed=42)
+    result, _, _ = fitted
     scaler, clf = result.pipeline.named_steps.values()
     assert isinstance(scaler, StandardScaler) and isinstance(clf, LogisticRegression)
     assert scaler.n_samples_seen_ == len(train)
     np.testing.assert_allclose(scaler.mean_, train[list(FEATURE_COLUMNS)].mean().to_numpy())
 
 
-def test_train_model_same_seed_same_model(bundled_split):
+def test_fit_procedure_same_seed_same_model(bundled_split):
+    X, y, groups = arrays(bundled_split[0])
+    a = fit_procedure(X, y, groups, seed=7, target_recall=0.98).model("isotonic")
+    b = fit_procedure(X, y, groups, seed=7, target_recall=0.98).model("isotonic")
+    assert a == b
+
+
+def test_nested_cv_scores_each_row_once_per_repeat_with_a_procedure_that_never_saw_its_patient(bundled_split):
     train, _ = bundled_split
-    a = train_model(train, seed=7)
-    b = train_model(train, seed=7)
-    assert a.threshold == b.threshold
-    assert a.cv == b.cv
-    np.testing.assert_array_equal(
-        a.pipeline.named_steps["classifier"].coef_, b.pipeline.named_steps["classifier"].coef_
-    )
+    X, y, groups = arrays(train)
+    nested = nested_cv(X, y, groups, seed=3, target_recall=0.98, repeats=2, folds=4)
+    assert len(nested.folds) == 8
+    for repeat in range(2):
+        tested = np.concatenate([f.test_index for f in nested.folds if f.repeat == repeat])
+        assert sorted(tested.tolist()) == list(range(len(train)))
+    for outer in nested.folds:
+        fit_rows = np.setdiff1d(np.arange(len(train)), outer.test_index)
+        assert set(groups[fit_rows]).isdisjoint(groups[outer.test_index])
+        assert len(outer.fitted.y) == len(fit_rows)  # the whole procedure ran on the other rows only
+    pooled = nested.pooled("none")
+    assert len(pooled) == 2 * len(train)
+    # every prediction uses its own fold's threshold, chosen inside that fold
+    for (_, _), part in pooled.groupby(["repeat", "fold"]):
+        assert part["threshold"].nunique() == 1
+        assert ((part["proba"] >= part["threshold"]) == (part["pred"] == 1)).all()
 
 
 def test_train_version_threshold_ignores_the_test_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -131,10 +174,11 @@ def test_train_version_threshold_ignores_the_test_rows(tmp_path: Path, monkeypat
         other["Class"] = 1 - other["Class"]  # flipped labels, half the rows
         return train, other
 
-    first = train_version(make_settings(tmp_path / "a"), Registry(tmp_path / "a" / "results"))
+    settings_a = make_settings(tmp_path / "a", nested_repeats=1)
+    first = train_version(settings_a, open_registry(settings_a))
     monkeypatch.setattr(etl.pipeline, "split_train_test", split_with_other_test_rows)
-    second = train_version(make_settings(tmp_path / "b"), Registry(tmp_path / "b" / "results"))
+    settings_b = make_settings(tmp_path / "b", nested_repeats=1)
+    second = train_version(settings_b, open_registry(settings_b))
 
     assert second.rows["test"] == first.rows["test"] // 2  # the patched split really was used
     assert second.threshold == first.threshold
-    assert second.cv == first.cv

@@ -9,10 +9,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pandas as pd
 import pytest
-from sklearn.dummy import DummyClassifier
-from sklearn.pipeline import Pipeline
 
 from etl.errors import (
     ArtifactIntegrityError,
@@ -21,6 +18,7 @@ from etl.errors import (
     NotEvaluatedError,
     StorageError,
 )
+from etl.pipeline import open_registry
 from etl.registry import Registry, new_version_name
 from etl.settings import Settings
 from etl.upload_results import upload_to_storage
@@ -39,8 +37,8 @@ def md5(path: Path) -> str:
 def make_version(registry: Registry, *, evaluated: bool = True, recall: float = 0.99) -> str:
     """A registry version with a (tiny) model.joblib and, when ``evaluated``, a metrics.json."""
     version = new_version_name("upload-test")
-    pipeline = Pipeline([("clf", DummyClassifier())])
-    registry.create_version(version, pipeline, {"threshold": 0.5}, pd.DataFrame({"Class": [0, 1]}))
+    files = {"model.json": b"{}", "model.joblib": b"a tiny stand-in", "holdout.csv": b"Class\n0\n1\n"}
+    registry.create_version(version, files, {"threshold": 0.5})
     if evaluated:
         registry.write_metrics(version, {"recall": recall, "quality_gate": {"passed": True, "reasons": []}})
     return version
@@ -49,7 +47,7 @@ def make_version(registry: Registry, *, evaluated: bool = True, recall: float = 
 @pytest.fixture
 def local(tmp_path: Path) -> tuple[Settings, Registry, str]:
     settings = make_settings(tmp_path)
-    registry = Registry(settings.results_dir)
+    registry = open_registry(settings)
     return settings, registry, make_version(registry)
 
 
@@ -101,7 +99,7 @@ def test_upload_to_storage_unknown_version_is_model_not_found(local: tuple[Setti
 
 def test_upload_to_storage_not_evaluated_version_is_refused(tmp_path: Path):
     settings = make_settings(tmp_path)
-    registry = Registry(settings.results_dir)
+    registry = open_registry(settings)
     version = make_version(registry, evaluated=False)
 
     with pytest.raises(NotEvaluatedError) as info:
@@ -165,7 +163,7 @@ def drive(tmp_path: Path) -> Iterator[DriveEnv]:
 @pytest.fixture
 def with_drive(tmp_path: Path, drive: DriveEnv) -> tuple[Settings, Registry, str]:
     settings = make_settings(tmp_path, **drive.settings_overrides())
-    registry = Registry(settings.results_dir)
+    registry = open_registry(settings)
     return settings, registry, make_version(registry)
 
 

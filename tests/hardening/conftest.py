@@ -56,7 +56,7 @@ def client(service: Service, timeout: float = 60.0) -> httpx.Client:
 def train_and_promote(service: Service, **train_body: Any) -> str:
     """POST /train then /evaluate (promote); return the version, which must now be served."""
     with client(service) as c:
-        r = c.post("/train", json=train_body or None)
+        r = c.post("/train", json={"force": True, **train_body})
         assert r.status_code == 200, r.text
         version = r.json()["version"]
         r = c.post("/evaluate", json={"version": version})

@@ -1,13 +1,13 @@
-"""Artifact integrity: a model.joblib changed after training is never loaded, and never unpickled.
+"""Artifact integrity: a model.json changed after training is never served (its HMAC signature needs a key
+that does not live in results/), and nothing is ever unpickled.
 
-The tampered file is a pickle whose ``__reduce__`` writes a marker file: if anything unpickled it, the marker
-would appear. A control load of the same payload proves that it would.
+The tampered model.joblib is a pickle whose ``__reduce__`` writes a marker file: if anything unpickled it,
+the marker would appear. A control load of the same payload proves that it would.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import httpx
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.integration
 def _train_unserved(service: Service) -> str:
     """A second version that passed the gate but is not served (promote=false)."""
     with client(service) as c:
-        r = c.post("/train")
+        r = c.post("/train", json={"force": True})
         assert r.status_code == 200, r.text
         version = r.json()["version"]
         r = c.post("/evaluate", json={"version": version, "promote": False})
@@ -54,14 +54,25 @@ def test_integrity_control_payload_runs_code_when_unpickled(tmp_path: Path) -> N
     assert marker.read_text() == "unpickled"
 
 
+def _tamper_as_an_attacker_would(vdir: Path, marker: Path) -> None:
+    """Rewrite model.json (always 'benign') and model.joblib (a malicious pickle), and recompute every
+    sha256 in meta.json: all an attacker who can write results/, but not the signing key, can do."""
+    doc = json.loads((vdir / "model.json").read_text())
+    doc["bias"] = -1e6
+    (vdir / "model.json").write_text(json.dumps(doc))
+    (vdir / "model.joblib").write_bytes(malicious_pickle(marker))
+    meta = json.loads((vdir / "meta.json").read_text())
+    meta["files"] = {name: sha256_file(vdir / name) for name in meta["files"]}
+    (vdir / "meta.json").write_text(json.dumps(meta))
+
+
 def test_integrity_tampered_candidate_refused_at_promotion_evaluate_and_pointer_switch(
     promoted_service: tuple[Service, str], tmp_path: Path
 ) -> None:
     service, served = promoted_service
     candidate = _train_unserved(service)
     marker = tmp_path / "marker"
-    model = service.results_dir / "models" / candidate / "model.joblib"
-    model.write_bytes(malicious_pickle(marker))
+    _tamper_as_an_attacker_would(service.results_dir / "models" / candidate, marker)
     mirror_before = sha256_file(service.results_dir / "model.joblib")
 
     with client(service) as c:
@@ -76,8 +87,10 @@ def test_integrity_tampered_candidate_refused_at_promotion_evaluate_and_pointer_
     # another process switches the pointer to the tampered version: the watcher refuses it, keeps serving
     pointer = service.results_dir / "current.json"
     pointer.write_text(json.dumps({"version": candidate}))
-    assert poll(lambda: f"cannot serve version {candidate}" in service.log(), 10), service.log()[-2000:]
-    time.sleep(0.5)  # a few more watcher polls
+    refusal = f"cannot serve version {candidate}"
+    assert poll(lambda: refusal in service.log(), 10), service.log()[-2000:]
+    seen = service.log().count(refusal)
+    assert poll(lambda: service.log().count(refusal) >= seen + 2, 10)  # two more watcher polls refused it
     assert _predict_version(service) == served
     r = httpx.get(service.url + "/ready", timeout=10)
     assert r.status_code == 200 and r.json()["model_version"] == served, r.text
@@ -101,7 +114,7 @@ def test_integrity_tampered_candidate_refused_at_promotion_evaluate_and_pointer_
         wait_serving(service2, served)
     finally:
         service2.stop()
-    assert not marker.exists(), "a file whose sha256 does not match was unpickled"
+    assert not marker.exists(), "the malicious model.joblib was unpickled"
     print(f"\nintegrity: tampered {candidate} refused at promote, evaluate, pointer switch and start-up")
 
 
@@ -111,7 +124,7 @@ def test_integrity_served_model_changed_on_disk_refused_at_start(
     service, served = promoted_service
     other = _train_unserved(service)
     service.stop()
-    model = service.results_dir / "models" / served / "model.joblib"
+    model = service.results_dir / "models" / served / "model.json"
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 0x01  # one flipped bit
     model.write_bytes(bytes(data))

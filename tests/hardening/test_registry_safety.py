@@ -1,20 +1,22 @@
-"""The registry without servers: what recover() may delete, and what load_pipeline() may unpickle."""
+"""The registry without servers: what recover() may delete; nothing unpickled, nothing unsigned served."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import threading
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
-from sklearn.dummy import DummyClassifier
-from sklearn.pipeline import Pipeline
 
 from etl.errors import ArtifactIntegrityError
 from etl.registry import Registry
 from tests.hardening.conftest import malicious_pickle
+from tests.pipeline_support import fitted_version_files
+
+KEY = b"k" * 32
 
 
 @pytest.mark.parametrize("training_running", [False, True])
@@ -35,51 +37,71 @@ def test_recover_removes_staging_only_of_dead_trainings(tmp_path: Path, training
     assert (str(staging) in removed) is not training_running, removed
 
 
-def test_load_pipeline_unpickles_only_the_bytes_it_verified(tmp_path: Path) -> None:
-    """A file swapped between the sha256 check and the unpickling (a race with an attacker or a broken
-    copy) must not be unpickled: each load either gets the trained pipeline or an integrity error."""
-    registry = Registry(tmp_path / "results")
-    frame = pd.DataFrame({"x": [0, 1, 0, 1], "Class": [0, 1, 0, 1]})
-    pipe = Pipeline([("clf", DummyClassifier().fit(frame[["x"]], frame["Class"]))])
+def test_registry_never_unpickles_even_a_hash_fixed_up_model_joblib(tmp_path: Path) -> None:
+    """model.joblib is for people to download: no registry operation loads it, so a malicious pickle with
+    its sha256 recomputed in meta.json runs nothing (promotion, verification, recovery, model loading)."""
+    files, _ = fitted_version_files(tmp_path)
+    registry = Registry(tmp_path / "results", KEY)
     version = "20260101T000000Z-0123abcd"
-    vdir = registry.create_version(version, pipe, {"threshold": 0.5}, frame)
-    model = vdir / "model.joblib"
-    good = model.read_bytes()
+    vdir = registry.create_version(version, files, {"threshold": 0.5})
     marker = tmp_path / "marker"
-    evil = tmp_path / "evil"
-    evil.write_bytes(malicious_pickle(marker))
-    good_copy = tmp_path / "good"
-    good_copy.write_bytes(good)
+    evil = malicious_pickle(marker)
+    (vdir / "model.joblib").write_bytes(evil)
+    meta = registry.read_meta(version)
+    registry.update_meta(version, files={**meta["files"], "model.joblib": hashlib.sha256(evil).hexdigest()})
+    registry.write_metrics(version, {"quality_gate": {"passed": True, "reasons": []}})
+
+    registry.verify(version)
+    registry.promote(version)
+    registry.load_model(version)
+    (registry.root / "model.joblib").unlink()
+    registry.recover()  # re-syncs the mirror by copying bytes, never loading them
+
+    assert not marker.exists()
+    assert (registry.root / "model.joblib").read_bytes() == evil  # the download is what it is; never run
+
+
+def test_load_model_uses_only_the_bytes_it_verified(tmp_path: Path) -> None:
+    """model.json swapped between the signature check and the parse (a race with an attacker or a broken
+    copy) must not be served: each load either gets the trained model or an integrity error."""
+    files, _ = fitted_version_files(tmp_path)
+    registry = Registry(tmp_path / "results", KEY)
+    version = "20260101T000000Z-0123abcd"
+    vdir = registry.create_version(version, files, {"threshold": 0.5})
+    model = vdir / "model.json"
+    good = model.read_bytes()
+    trained = registry.load_model(version)
+    doc = json.loads(good)
+    doc["bias"] = -1e6  # "benign" for everyone
+    evil = json.dumps(doc).encode()
     stop = threading.Event()
 
     def swap() -> None:
         while not stop.is_set():
-            for src in (evil, good_copy):
+            for data in (evil, good):
                 tmp = vdir / ".swap"
-                tmp.write_bytes(src.read_bytes())
+                tmp.write_bytes(data)
                 os.replace(tmp, model)
 
     swapper = threading.Thread(target=swap, daemon=True)
     swapper.start()
     loads = refused = 0
+    served_tampered = False
     deadline = time.monotonic() + 3.0
     try:
-        while time.monotonic() < deadline and not marker.exists():
+        while time.monotonic() < deadline:
             try:
-                loaded, _ = registry.load_pipeline(version)
-                assert isinstance(loaded, Pipeline)
-                loads += 1
+                loaded = registry.load_model(version)
             except ArtifactIntegrityError:
                 refused += 1
-            except Exception:  # the tampered bytes were unpickled (marker written) or half-read
-                if marker.exists():
-                    break
-                raise
+                continue
+            loads += 1
+            served_tampered = served_tampered or loaded != trained
     finally:
         stop.set()
         swapper.join(5)
-    print(f"\nload race: {loads} loads of the good file, {refused} refused, marker {marker.exists()}")
-    assert not marker.exists(), (
-        f"unpickled a file that failed its sha256 check ({loads} loads, {refused} refused)"
+    print(f"\nload race: {loads} loads of the signed model, {refused} refused")
+    assert not served_tampered, (
+        f"loaded a model.json that fails its signature ({loads} loads, {refused} refused)"
     )
     assert loads + refused > 0

@@ -113,7 +113,7 @@ def _churn(service: Service, first: str, workers: int) -> None:
             while time.monotonic() - started < MAX_DURATION:
                 if time.monotonic() - started >= DURATION and min(steps.values(), default=0) >= MIN_CYCLES:
                     break
-                r = c.post("/train")
+                r = c.post("/train", json={"force": True})
                 assert r.status_code == 200, r.text
                 version = r.json()["version"]
                 steps["train"] += 1

@@ -96,10 +96,13 @@ def test_e2e_artifacts_on_disk(run: Run):
     meta = json.loads((run.vdir / "meta.json").read_text())
     metrics = json.loads((run.vdir / "metrics.json").read_text())
 
-    assert meta["model_sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    assert meta["files"]["model.joblib"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    assert meta["files"]["model.json"] == hashlib.sha256((run.vdir / "model.json").read_bytes()).hexdigest()
     assert meta["data_sha256"] == BUNDLED_SHA256 == hashlib.sha256(BUNDLED_CSV.read_bytes()).hexdigest()
     assert meta["version"] == run.version and meta["threshold"] == run.train["threshold"]
-    assert {"params", "lineage", "rows", "cv", "created_at"} <= set(meta)
+    assert {"params", "lineage", "rows", "nested", "created_at", "fingerprint", "model_signature"} <= set(
+        meta
+    )
     for key in ("accuracy", "precision", "recall", "f1", "roc_auc"):
         assert metrics[key] == run.evaluate["metrics"][key]
     assert metrics["quality_gate"]["passed"] is True
@@ -171,10 +174,13 @@ def test_e2e_holdout_ids_never_in_training_split(run: Run):
     clean = read_bundled().dropna().drop_duplicates().astype("int64")  # independent cleaning
     assert len(clean) == meta["rows"]["clean"]
     assert len(holdout) == meta["rows"]["test"]
-    train = clean[~clean["Id"].isin(set(holdout["Id"]))]
-    # if any held-out Id also had rows in the training split, fewer rows would remain here
+    reference = pd.read_csv(run.service.results_dir / "reference" / "reference.csv")
+    assert len(reference) == meta["rows"]["reference_excluded"]
+    assert set(reference["Id"]).isdisjoint(holdout["Id"])
+    train = clean[~clean["Id"].isin(set(holdout["Id"]) | set(reference["Id"]))]
+    # if any held-out or reference Id also had rows in the training split, fewer rows would remain here
     assert len(train) == meta["rows"]["train"]
-    assert len(train) + len(holdout) == len(clean)
+    assert len(train) + len(holdout) + len(reference) == len(clean)
     merged = holdout.merge(clean, how="left", indicator=True)
     assert (merged["_merge"] == "both").all()  # every held-out row is a real clean row
 
@@ -207,7 +213,7 @@ def test_e2e_metrics_endpoint_reports_served_model(run: Run):
 
 def test_e2e_predictions_never_fail_while_promotions_swap_the_model(run: Run):
     v1 = run.version
-    v2 = run.http.post("/train", headers=run.service.auth()).json()["version"]
+    v2 = run.http.post("/train", headers=run.service.auth(), json={"force": True}).json()["version"]
     ev = run.http.post("/evaluate", headers=run.service.auth(), json={"version": v2})
     assert ev.status_code == 200 and ev.json()["promoted"] is True, ev.text
 
