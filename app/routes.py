@@ -140,8 +140,8 @@ def train(
     """Load and validate the data, train, and register a new version (served only after /evaluate)."""
     registry: Registry = request.app.state.registry
     data_url = body.data_url if body else None
-    if data_url:  # a remote caller may name a URL, or a file under DATA_DIR, but not any file on the host
-        check_override_source(data_url, default_source=settings.data_url, data_dir=settings.data_dir)
+    if data_url:  # an allowed host with public addresses, or a file under DATA_DIR; refused before the lock
+        check_override_source(data_url, settings)
     summary = _timed_step("train", lambda: pipeline.train_version(settings, registry, data_url))
     metrics.LAST_TRAINING.set(time.time())
     return summary.to_dict()

@@ -13,11 +13,11 @@ from typing import Any
 from etl.evaluate import classification_metrics, evaluate_model, predict_proba
 from etl.features import TARGET_COLUMN
 from etl.gate import GateVerdict, check_quality_gate
-from etl.load import LoadResult, load_data
+from etl.load import LoadResult, load_data, prepare_loaded, source_policy
 from etl.registry import Registry, new_version_name
 from etl.settings import Settings
 from etl.train import train_model
-from etl.validate import load_prepared, split_train_test
+from etl.validate import split_train_test
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,8 @@ def load_with_settings(settings: Settings, source: str) -> LoadResult:
         read_timeout=settings.http_read_timeout,
         retries=settings.download_retries,
         max_bytes=settings.max_data_bytes,
+        deadline_seconds=settings.download_deadline_seconds,
+        policy=source_policy(settings, source),
     )
 
 
@@ -80,7 +82,9 @@ def train_version(settings: Settings, registry: Registry, data_url: str | None =
     with registry.training_lock():
         started = time.monotonic()
         loaded = load_with_settings(settings, source)
-        prepared = load_prepared(loaded.path)
+        prepared = prepare_loaded(
+            loaded, registry, max_rows=settings.max_data_rows, raw_retention=settings.raw_retention
+        )
         train, test = split_train_test(
             prepared.frame, test_size=settings.test_size, seed=settings.random_seed
         )
@@ -95,7 +99,7 @@ def train_version(settings: Settings, registry: Registry, data_url: str | None =
         }
         version = new_version_name(loaded.sha256)
         meta = {
-            "data_source": source,
+            "data_source": loaded.source,
             "data_sha256": loaded.sha256,
             "threshold": result.threshold,
             "params": result.params,
@@ -114,12 +118,12 @@ def train_version(settings: Settings, registry: Registry, data_url: str | None =
     log.info(
         "train: version %s from %s (%d train / %d test rows) in %.2fs",
         version,
-        source,
+        loaded.source,
         len(train),
         len(test),
         duration,
     )
-    return TrainSummary(version, loaded.sha256, source, rows, result.threshold, result.cv, duration)
+    return TrainSummary(version, loaded.sha256, loaded.source, rows, result.threshold, result.cv, duration)
 
 
 def _class_counts(frame: Any) -> dict[str, int]:
