@@ -14,7 +14,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import etl
-from app import errors, metrics
+from app import docs, errors, metrics
 from app.fastpath import PredictFastPath
 from app.routes import router
 from app.state import ModelHolder
@@ -140,12 +140,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
         license_info={"name": "Research use only; not a medical device"},
+        docs_url=None,  # app.docs serves /docs and /redoc with local assets (FastAPI's load them from CDNs)
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.registry = registry
     app.state.holder = holder
     errors.install(app)
     app.include_router(router)
+    docs.install(app)
     metrics.init_labels()
     # innermost: valid /predict and /predict/batch are answered here, inside the instrumentation
     app.add_middleware(PredictFastPath, holder=holder, max_batch=settings.max_batch)

@@ -132,7 +132,7 @@ async def ready(holder: HolderDep) -> dict[str, str]:
     summary="Train a new model version",
     tags=["pipeline"],
     dependencies=[Depends(require_token)],
-    responses=error_responses(401, 409, 413, 422, 502),
+    responses=error_responses(401, 409, 413, 422, 502, data_errors=True),
 )
 def train(
     settings: SettingsDep, request: Request, body: Annotated[TrainRequest | None, Body()] = None
@@ -212,7 +212,7 @@ def upload(
     summary="Serve an earlier version (rollback) or a passed one",
     tags=["models"],
     dependencies=[Depends(require_token)],
-    responses=error_responses(401, 404, 409),
+    responses=error_responses(401, 404, 409, 422),
 )
 def promote(
     holder: HolderDep, version: Annotated[str, Path(max_length=64, description="a version from GET /models")]
