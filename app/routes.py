@@ -141,8 +141,8 @@ def train(
     registry: Registry = request.app.state.registry
     body = body or TrainRequest()
     data_url = body.data_url
-    if data_url:  # a remote caller may name a URL, or a file under DATA_DIR, but not any file on the host
-        check_override_source(data_url, default_source=settings.data_url, data_dir=settings.data_dir)
+    if data_url:  # an allowed host with public addresses, or a file under DATA_DIR; refused before the lock
+        check_override_source(data_url, settings)
     summary = _timed_step(
         "train", lambda: pipeline.train_version(settings, registry, data_url, force=body.force)
     )

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic.config import JsonDict
 
+from etl.errors import DataSourceNotAllowedError
 from etl.features import FEATURE_MAX, FEATURE_MIN, FEATURES
+from etl.source import MAX_SOURCE_LENGTH, parse_source
 
 # Real rows of the dataset (Id 1000025, benign; Id 1017122, malignant), used as Swagger examples.
 BENIGN_EXAMPLE: JsonDict = dict(zip((f[0] for f in FEATURES), (5, 1, 1, 1, 2, 1, 3, 1, 1), strict=True))
@@ -104,20 +106,34 @@ class TrainRequest(BaseModel):
     # examples Swagger users can send as they are: both train on DATA_URL (a URL needs the network, and a
     # path must lie under DATA_DIR, so neither makes an example that works everywhere)
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{}, {"data_url": None}, {"force": True}]}
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{}, {"data_url": None}, {"force": True}]},
     )
 
     data_url: str | None = Field(
         None,
         min_length=1,
-        max_length=2048,
-        description="override DATA_URL for this run: an http(s) URL or a path under DATA_DIR; null: DATA_URL",
+        max_length=MAX_SOURCE_LENGTH,
+        description="override DATA_URL for this run: an http(s) URL on a host in DATA_URL_ALLOWED_HOSTS "
+        "(default: DATA_URL's host) that resolves to public addresses, or a path under DATA_DIR; "
+        "null: DATA_URL",
     )
     force: bool = Field(
         False,
         description="train even when a version from the same data, settings and libraries exists "
         "(otherwise that version is returned with unchanged: true)",
     )
+
+    @field_validator("data_url")
+    @classmethod
+    def _valid_source(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_source(value)
+            except DataSourceNotAllowedError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
 
 class RowCountsModel(BaseModel):

@@ -30,11 +30,13 @@ def _print(obj: Any) -> None:
 
 
 def cmd_load(settings: Settings, registry: Registry, args: argparse.Namespace) -> int:
+    from etl.load import prepare_loaded
     from etl.pipeline import load_with_settings
-    from etl.validate import load_prepared
 
     loaded = load_with_settings(settings, args.data_url or settings.data_url)
-    prepared = load_prepared(loaded.path)
+    prepared = prepare_loaded(
+        loaded, registry, max_rows=settings.max_data_rows, raw_retention=settings.raw_retention
+    )
     _print({**loaded.to_dict(), "rows": vars(prepared.counts), "classes": prepared.class_counts})
     return 0
 

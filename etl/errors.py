@@ -16,7 +16,8 @@ class DataFormatError(EtlError):
 
 
 class DataSourceNotAllowedError(DataFormatError):
-    """A caller named a local file outside DATA_DIR as the data source."""
+    """The data source may not be used: malformed, another scheme, a host not allowed or a non-public address
+    (also on a redirect), or a local file outside DATA_DIR. Never retried."""
 
 
 class DataValidationError(EtlError):

@@ -6,8 +6,9 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +70,25 @@ def copy_atomic(src: Path, dest: Path) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
+
+
+def prune_oldest(paths: Sequence[Path], keep: int, *, protected: Collection[Path] = ()) -> list[Path]:
+    """Delete all but the last ``keep`` of ``paths`` (ordered oldest first); ``protected`` ones stay.
+
+    A folder is first renamed to a temporary name, so it vanishes whole from any listing that skips
+    ``TMP_PREFIX`` names even if the process dies while deleting it. Returns the paths removed.
+    """
+    if keep <= 0:
+        return []
+    removed = []
+    for path in paths[: max(0, len(paths) - keep)]:
+        if path in protected:
+            continue
+        if path.is_dir():
+            doomed = path.with_name(f"{TMP_PREFIX}pruned-{path.name}")
+            os.rename(path, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed

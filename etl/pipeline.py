@@ -27,7 +27,7 @@ from etl.evaluate import (
 )
 from etl.features import FEATURE_COLUMNS, ID_COLUMN, TARGET_COLUMN
 from etl.gate import GateRule, GateVerdict, Paired, check_quality_gate
-from etl.load import LoadResult, load_data
+from etl.load import LoadResult, load_data, prepare_loaded, source_policy
 from etl.reference import ReferenceSet, ensure_reference
 from etl.registry import (
     HOLDOUT_FILE,
@@ -40,7 +40,7 @@ from etl.registry import (
 )
 from etl.scorer import LinearModel, check_parity
 from etl.settings import BUNDLED_DATA_PATH, Settings
-from etl.validate import load_prepared, split_train_test
+from etl.validate import split_train_test
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,8 @@ def load_with_settings(settings: Settings, source: str) -> LoadResult:
         read_timeout=settings.http_read_timeout,
         retries=settings.download_retries,
         max_bytes=settings.max_data_bytes,
+        deadline_seconds=settings.download_deadline_seconds,
+        policy=source_policy(settings, source),
     )
 
 
@@ -224,7 +226,9 @@ def train_version(
     with registry.training_lock():
         started = time.monotonic()
         loaded = load_with_settings(settings, source)
-        prepared = load_prepared(loaded.path)
+        prepared = prepare_loaded(
+            loaded, registry, max_rows=settings.max_data_rows, raw_retention=settings.raw_retention
+        )
         reference = reference_set(settings)
         print_ = fingerprint(loaded.sha256, settings, reference.sha256)
         existing = None if force else registry.find_fingerprint(print_)
@@ -235,7 +239,7 @@ def train_version(
                 existing,
                 True,
                 loaded.sha256,
-                source,
+                loaded.source,
                 meta["rows"],
                 float(meta["threshold"]),
                 meta["calibration"],
@@ -268,7 +272,7 @@ def train_version(
         }
         version = new_version_name(loaded.sha256)
         meta = {
-            "data_source": source,
+            "data_source": loaded.source,
             "data_sha256": loaded.sha256,
             "fingerprint": print_,
             "threshold": model.threshold,
@@ -308,7 +312,7 @@ def train_version(
         "nested recall %.3f [%.3f-%.3f], precision %.3f, ROC-AUC %.4f, Brier %.4f; calibration %s; "
         "threshold %.4f",
         version,
-        source,
+        loaded.source,
         duration,
         rows["train"],
         rows["test"],
@@ -322,7 +326,7 @@ def train_version(
         model.threshold,
     )
     return TrainSummary(
-        version, False, loaded.sha256, source, rows, model.threshold, method, summary, duration
+        version, False, loaded.sha256, loaded.source, rows, model.threshold, method, summary, duration
     )
 
 

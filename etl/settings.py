@@ -41,6 +41,24 @@ class Settings(BaseSettings):
     http_read_timeout: float = Field(30.0, gt=0, description="seconds between bytes from DATA_URL")
     download_retries: int = Field(3, ge=0, le=10, description="retries on transient download errors")
     max_data_bytes: int = Field(50 * 1024 * 1024, gt=0, description="size cap of the downloaded CSV")
+    download_deadline_seconds: float = Field(
+        120.0, gt=0, description="total time for one download, every attempt and retry included"
+    )
+    max_data_rows: int = Field(100_000, ge=1, description="most data rows in the CSV, checked while parsing")
+    data_url_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="hosts a caller's data_url may name (every redirect hop too), comma-separated; "
+        "empty = the host of DATA_URL only",
+    )
+    data_url_allow_private_networks: bool = Field(
+        False, description="let a caller's data_url reach loopback, private and link-local addresses"
+    )
+    raw_retention: int = Field(
+        10,
+        ge=0,
+        description="newest downloads kept in DATA_DIR/raw (plus those of registered versions); 0 = all",
+    )
+    backup_retention: int = Field(20, ge=0, description="newest backup folders kept in UPLOAD_DIR; 0 = all")
 
     # training procedure and nested cross-validation (docs/model.md)
     calibration: Literal["auto", "isotonic", "sigmoid", "none"] = Field(
@@ -121,6 +139,22 @@ class Settings(BaseSettings):
     def _default_source(cls, value: object) -> object:
         # DATA_URL= (empty, as in .env.example and compose) means the bundled copy
         return str(BUNDLED_DATA_PATH) if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("data_url_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        from etl.source import canonical_host  # etl.source imports this module
+
+        items = value.replace(",", " ").split() if isinstance(value, str) else value
+        if not isinstance(items, list):
+            return items
+        hosts = []
+        for n, item in enumerate(items, start=1):
+            try:
+                hosts.append(canonical_host(str(item)))
+            except ValueError as exc:
+                raise ValueError(f"DATA_URL_ALLOWED_HOSTS entry {n} is not a host name: {exc}") from None
+        return hosts
 
     @field_validator("gdrive_scopes", mode="before")
     @classmethod

@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from typing import Any
 
 from etl.drive import DriveResult, RetryPolicy, file_md5, upload_to_drive
 from etl.errors import ArtifactIntegrityError, NotEvaluatedError, StorageError
-from etl.io import TMP_PREFIX, fsync_dir
+from etl.io import TMP_PREFIX, fsync_dir, prune_oldest
 from etl.registry import METRICS_FILE, MODEL_FILE, Registry
 from etl.settings import Settings
 
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 UPLOADED_FILES = (MODEL_FILE, METRICS_FILE)
 NOT_CONFIGURED = "GDRIVE_FOLDER_ID is not set"
 _MAX_UPLOAD_RECORDS = 50
+_BACKUP_NAME = re.compile(r"(\d{8}_\d{6})(?:_(\d+))?")  # <stamp> or <stamp>_<n> (write_backup)
 
 
 @dataclass
@@ -85,6 +87,10 @@ def upload_to_storage(
             )
         stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%d_%H%M%S")
         backup_dir, files = write_backup(vdir, Path(settings.upload_dir), stamp)
+        try:
+            prune_backups(Path(settings.upload_dir), settings.backup_retention, keep_also=backup_dir)
+        except OSError as exc:  # retention is housekeeping: it never fails an upload
+            log.warning("could not prune old backups in %s: %s", settings.upload_dir, exc)
         log.info(
             "backed up version %s to %s (%s)",
             version,
@@ -163,6 +169,29 @@ def write_backup(vdir: Path, upload_dir: Path, stamp: str) -> tuple[Path, list[d
     for f in files:
         f["path"] = str(dest / f["name"])
     return dest, files
+
+
+def prune_backups(upload_dir: Path, keep: int, *, keep_also: Path | None = None) -> list[Path]:
+    """Delete all but the ``keep`` newest backup folders (by their time stamp; 0 keeps all).
+
+    ``keep_also`` (the backup just written) is never deleted. Leftovers of an interrupted prune go too.
+    """
+    if keep <= 0 or not upload_dir.is_dir():
+        return []
+    for leftover in upload_dir.glob(f"{TMP_PREFIX}pruned-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    backups = []
+    for path in upload_dir.iterdir():
+        match = _BACKUP_NAME.fullmatch(path.name)
+        if match and path.is_dir():
+            backups.append((match.group(1), int(match.group(2) or 1), path))
+    ordered = [path for _, _, path in sorted(backups)]
+    removed = prune_oldest(ordered, keep, protected={keep_also} if keep_also else set())
+    if removed:
+        log.info(
+            "BACKUP_RETENTION=%d: removed %d older backup folder(s) from %s", keep, len(removed), upload_dir
+        )
+    return removed
 
 
 def _same_backup(dest: Path, files: list[dict[str, Any]]) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,20 +55,50 @@ class PreparedData:
     class_counts: dict[int, int] = field(default_factory=dict)
 
 
+def _listed(items: list[int]) -> str:
+    shown = items[:_MAX_EXAMPLES]
+    more = len(items) - len(shown)
+    return ", ".join(str(i) for i in shown) + (f" and {more} more" if more > 0 else "")
+
+
 def _lines(rows: pd.Index | list[int]) -> str:
     """Render row labels (0-based data rows) as file line numbers (the header is line 1)."""
-    items = [int(r) + 2 for r in list(rows)[:_MAX_EXAMPLES]]
-    more = len(rows) - len(items)
-    text = ", ".join(str(i) for i in items)
-    return f"line(s) {text}" + (f" and {more} more" if more > 0 else "")
+    return "line(s) " + _listed([int(r) + 2 for r in list(rows)])
 
 
-def read_csv(path: Path) -> pd.DataFrame:
-    """Parse the CSV as strings so that every value is checked by us, not guessed by pandas."""
+def read_csv(path: Path | io.BytesIO, *, max_rows: int | None = None) -> pd.DataFrame:
+    """Parse the CSV as strings so that every value is checked by us, not guessed by pandas.
+
+    Parsing stops after ``max_rows`` + 1 data rows, so an oversized file is refused without reading it all.
+
+    Raises:
+        DataFormatError: not a readable CSV (the message gives the line, never the file's bytes).
+        DataValidationError: more than ``max_rows`` data rows.
+    """
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=True, na_values=["NA", "?", ""])
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise DataFormatError(f"{path.name} is not a readable CSV: {exc}") from None
+        frame = pd.read_csv(
+            path,
+            dtype=str,
+            keep_default_na=True,
+            na_values=["NA", "?", ""],
+            nrows=None if max_rows is None else max_rows + 1,
+        )
+    except pd.errors.EmptyDataError:
+        raise DataFormatError("the data is not a readable CSV: it has no header line") from None
+    except UnicodeDecodeError as exc:
+        raise DataFormatError(
+            f"the data is not a readable CSV: it is not UTF-8 text (undecodable byte at offset {exc.start})"
+        ) from None
+    except ValueError as exc:  # pandas' ParserError and friends; their text may quote the file
+        where = re.search(r"\b(line|row) (\d+)", str(exc))
+        at = f" at {where.group(1)} {where.group(2)}" if where else ""
+        raise DataFormatError(
+            f"the data is not a readable CSV{at}: a row has the wrong number of fields, or quoting is broken"
+        ) from None
+    if max_rows is not None and len(frame) > max_rows:
+        raise DataValidationError(
+            f"the data has more than MAX_DATA_ROWS={max_rows} rows; raise MAX_DATA_ROWS or use a smaller file"
+        )
     return frame
 
 
@@ -83,21 +114,23 @@ def validate_and_preprocess(frame: pd.DataFrame) -> PreparedData:
     Raises:
         DataValidationError: missing or extra columns, non-numeric or non-integer values, values out of
             range, no rows left, or a single class. The message names the column, the problem and a few
-            offending file lines.
+            offending file lines. It names columns only by our schema's names and never quotes a value
+            or anything else from the file: a hostile source must not get its bytes echoed back.
     """
     columns = [str(c).strip() for c in frame.columns]
     frame = frame.set_axis(columns, axis=1)
     missing = [c for c in EXPECTED_COLUMNS if c not in columns]
-    extra = [c for c in columns if c not in EXPECTED_COLUMNS]
+    extra = [i for i, c in enumerate(columns, start=1) if c not in EXPECTED_COLUMNS]
     if missing or extra:
         parts = []
         if missing:
             parts.append(f"missing column(s) {missing}")
         if extra:
-            parts.append(f"unexpected column(s) {extra}")
+            parts.append(f"{len(extra)} unexpected column(s) at header position(s) {_listed(extra)}")
         raise DataValidationError(f"{'; '.join(parts)}; expected exactly {list(EXPECTED_COLUMNS)}")
-    if len(columns) != len(set(columns)):
-        raise DataValidationError(f"duplicate column names in {columns}")
+    duplicated_names = sorted({c for c in columns if columns.count(c) > 1})  # all are our names by now
+    if duplicated_names:
+        raise DataValidationError(f"duplicate column(s) {duplicated_names}")
     raw_rows = len(frame)
     if raw_rows == 0:
         raise DataValidationError("the file has a header but no data rows")
@@ -108,22 +141,21 @@ def validate_and_preprocess(frame: pd.DataFrame) -> PreparedData:
         values = pd.to_numeric(text, errors="coerce")
         bad = values.isna() & text.notna()
         if bad.any():
-            sample = text[bad].head(3).tolist()
             raise DataValidationError(
-                f"column {col!r} has non-numeric value(s) {sample} at {_lines(frame.index[bad])}"
+                f"column {col!r} has {int(bad.sum())} non-numeric value(s) at {_lines(frame.index[bad])}"
             )
         # inf, or beyond 2**53 (float64 stops being exact, int64 would wrap): not a usable integer
         huge = values.notna() & (values.abs() > 2**53)
         if huge.any():
-            sample = text[huge].head(3).tolist()
             raise DataValidationError(
-                f"column {col!r} has non-finite or too large value(s) {sample} at {_lines(frame.index[huge])}"
+                f"column {col!r} has {int(huge.sum())} non-finite or too large value(s) "
+                f"at {_lines(frame.index[huge])}"
             )
         fractional = values.notna() & (values != np.floor(values.fillna(0)))
         if fractional.any():
-            sample = values[fractional].head(3).tolist()
             raise DataValidationError(
-                f"column {col!r} has non-integer value(s) {sample} at {_lines(frame.index[fractional])}"
+                f"column {col!r} has {int(fractional.sum())} non-integer value(s) "
+                f"at {_lines(frame.index[fractional])}"
             )
         numeric[col] = values
 
@@ -166,7 +198,6 @@ def _describe_schema_errors(exc: SchemaErrors) -> str:
     cases = exc.failure_cases
     messages = []
     for (column, check), group in cases.groupby(["column", "check"], sort=False, dropna=False):
-        values = group["failure_case"].head(3).tolist()
         rows = [int(i) for i in group["index"].dropna().tolist()]
         if column == TARGET_COLUMN:
             problem = "must be 0 (benign) or 1 (malignant)"
@@ -174,17 +205,17 @@ def _describe_schema_errors(exc: SchemaErrors) -> str:
             problem = f"must be an integer from {FEATURE_MIN} to {FEATURE_MAX}"
         else:
             problem = f"failed {check}"
-        messages.append(f"column {column!r} {problem}: got {values} at {_lines(rows)}")
+        messages.append(f"column {column!r} {problem}: {len(group)} value(s) out of range at {_lines(rows)}")
     return "; ".join(messages)
 
 
-def load_prepared(path: Path) -> PreparedData:
-    """Read and validate a raw CSV file in one call."""
-    return validate_and_preprocess(read_csv(path))
+def load_prepared(path: Path, *, max_rows: int | None = None) -> PreparedData:
+    """Read and validate a raw CSV file in one call (at most ``max_rows`` data rows)."""
+    return validate_and_preprocess(read_csv(path, max_rows=max_rows))
 
 
-def parse_prepared(data: bytes) -> PreparedData:
-    return validate_and_preprocess(pd.read_csv(io.BytesIO(data), dtype=str, na_values=["NA", "?", ""]))
+def parse_prepared(data: bytes, *, max_rows: int | None = None) -> PreparedData:
+    return validate_and_preprocess(read_csv(io.BytesIO(data), max_rows=max_rows))
 
 
 def split_train_test(

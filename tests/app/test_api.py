@@ -18,7 +18,7 @@ from etl.features import FEATURE_COLUMNS, FEATURE_NAMES
 from etl.pipeline import open_registry
 from etl.registry import VERSION_RE, Registry
 from etl.settings import Settings
-from tests.conftest import BUNDLED_CSV, BUNDLED_SHA256, free_port, static_server
+from tests.conftest import BUNDLED_SHA256, free_port, static_server
 from tests.pipeline_support import (
     build_served_registry,
     copy_tree,
@@ -335,7 +335,7 @@ def test_train_returns_version_rows_and_sha(client: TestClient, served: Served):
     assert r.status_code == 200, r.text
     out = r.json()
     assert VERSION_RE.match(out["version"]) and out["version"] > served.version and out["unchanged"] is False
-    assert out["data_sha256"] == BUNDLED_SHA256 and out["data_source"] == str(BUNDLED_CSV)
+    assert out["data_sha256"] == BUNDLED_SHA256 and out["data_source"] == "BreastCancer.csv (bundled)"
     rows = out["rows"]
     assert (rows["raw"], rows["missing_dropped"], rows["duplicates_dropped"]) == (699, 16, 8)
     assert rows["train"] + rows["test"] + rows["reference_excluded"] == rows["clean"] == 675
@@ -395,9 +395,12 @@ def _bad_data(tmp: Path, kind: str) -> Path:
     ("kind", "expected"),
     [
         ("missing-column", "missing column(s) ['Class']"),
-        ("out-of-range", "column 'Cl.thickness' must be an integer from 1 to 10: got [11] at line(s) 5"),
+        (
+            "out-of-range",
+            "column 'Cl.thickness' must be an integer from 1 to 10: 1 value(s) out of range at line(s) 5",
+        ),
         ("single-class", "column 'Class' has a single class (0)"),
-        ("infinite", "column 'Epith.c.size' has non-finite or too large value(s) ['inf'] at line(s) 4"),
+        ("infinite", "column 'Epith.c.size' has 1 non-finite or too large value(s) at line(s) 4"),
         ("html", "returned an HTML page, not a CSV"),
     ],
 )
@@ -418,17 +421,21 @@ def test_train_local_path_outside_data_dir_422(client: TestClient, served: Serve
     assert served.registry.versions() == [served.version]
 
 
-def test_train_unreachable_source_502(client: TestClient):
+LOOPBACK_ALLOWED = {"data_url_allowed_hosts": ["127.0.0.1"], "data_url_allow_private_networks": True}
+
+
+def test_train_unreachable_source_502(served: Served):
     url = f"http://127.0.0.1:{free_port()}/BreastCancer.csv"
-    r = client.post("/train", headers=AUTH, json={"data_url": url})
+    with client_for(served.settings(**LOOPBACK_ALLOWED)) as c:
+        r = c.post("/train", headers=AUTH, json={"data_url": url})
     assert r.status_code == 502
     assert url in r.json()["detail"] and "DATA_URL" in r.json()["detail"]
 
 
-def test_train_http_404_source_502(client: TestClient, tmp_path: Path):
+def test_train_http_404_source_502(served: Served, tmp_path: Path):
     (tmp_path / "www").mkdir()
-    with static_server(tmp_path / "www") as base:
-        r = client.post("/train", headers=AUTH, json={"data_url": f"{base}/none.csv"})
+    with static_server(tmp_path / "www") as base, client_for(served.settings(**LOOPBACK_ALLOWED)) as c:
+        r = c.post("/train", headers=AUTH, json={"data_url": f"{base}/none.csv"})
     assert r.status_code == 502
     assert "HTTP 404" in r.json()["detail"] and f"{base}/none.csv" in r.json()["detail"]
 

@@ -180,7 +180,12 @@ def service_factory(tmp_path: Path, data_base_url: str) -> Iterator[Callable[...
             tmp_path / "service",
             data_url=f"{data_base_url}/BreastCancer.csv",
             token=TOKEN,
-            extra_env={"GDRIVE_FOLDER_ID": "", "ENVIRONMENT": "development"},
+            # the run with conf data_url overrides DATA_URL with another file on the loopback data server
+            extra_env={
+                "GDRIVE_FOLDER_ID": "",
+                "ENVIRONMENT": "development",
+                "DATA_URL_ALLOW_PRIVATE_NETWORKS": "true",
+            },
             port=port,
         )
         started.append(service)

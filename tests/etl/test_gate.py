@@ -164,10 +164,12 @@ def test_paired_compare_counts_discordant_rows():
 # --- in the pipeline, on the bundled data ---------------------------------------------------------
 
 
-def _variant(tmp_path: Path, name: str, transform: Any) -> Path:
+def _variant(data_dir: Path, name: str, transform: Any) -> Path:
+    """A copy of the bundled CSV with transformed labels, under DATA_DIR (where an override may point)."""
     frame = pd.read_csv(BUNDLED_CSV, dtype=str)
     frame["Class"] = transform(frame["Class"].astype(int).to_numpy())
-    path = tmp_path / f"{name}.csv"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / f"{name}.csv"
     frame.to_csv(path, index=False)
     return path
 
@@ -202,8 +204,8 @@ def test_gate_permuted_and_flipped_labels_are_rejected(tmp_path: Path, served_re
     if not with_served:  # a fresh registry: nothing served yet
         settings = make_settings(tmp_path)
         registry = open_registry(settings)
-    permuted = _variant(tmp_path, "permuted", lambda y: np.random.default_rng(1).permutation(y))
-    flipped = _variant(tmp_path, "flipped", lambda y: 1 - y)
+    permuted = _variant(settings.data_dir, "permuted", lambda y: np.random.default_rng(1).permutation(y))
+    flipped = _variant(settings.data_dir, "flipped", lambda y: 1 - y)
     for path, must_fail in ((permuted, "roc_auc"), (flipped, "reference_roc_auc")):
         trained = train_version(settings, registry, str(path))
         verdict = evaluate_version(settings, registry, trained.version)

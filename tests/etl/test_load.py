@@ -92,7 +92,7 @@ def test_load_data_local_path_stores_content_addressed_copy(tmp_path: Path, bund
     assert result.path.read_bytes() == bundled_csv.read_bytes()
     assert hashlib.sha256(result.path.read_bytes()).hexdigest() == BUNDLED_SHA256
     assert result.size_bytes == bundled_csv.stat().st_size
-    assert result.source == str(bundled_csv)
+    assert result.source == "BreastCancer.csv (bundled)"  # never an absolute host path (display_source)
     _assert_only(raw_dir, {f"{BUNDLED_SHA256}.csv"})  # no .tmp- leftovers
 
 
@@ -109,7 +109,8 @@ def test_load_data_missing_local_file_raises_source_error(tmp_path: Path):
     raw_dir = tmp_path / "raw"
     with pytest.raises(DataSourceError) as err:
         load_data(str(missing), raw_dir)
-    assert str(missing) in str(err.value) and "DATA_URL" in str(err.value)
+    assert "nope.csv (local file)" in str(err.value) and "DATA_URL" in str(err.value)
+    assert str(tmp_path) not in str(err.value)  # a file name, never the host's folders
     _assert_only(raw_dir, set())
 
 
@@ -123,7 +124,11 @@ def test_load_data_local_unusable_file_raises_format_error(tmp_path: Path, conte
     raw_dir = tmp_path / "raw"
     with pytest.raises(DataFormatError) as err:
         load_data(str(path), raw_dir)
-    assert expected in str(err.value) and str(path) in str(err.value) and "DATA_URL" in str(err.value)
+    assert (
+        expected in str(err.value)
+        and "bad.csv (local file)" in str(err.value)
+        and "DATA_URL" in str(err.value)
+    )
     _assert_only(raw_dir, set())
 
 
@@ -131,7 +136,7 @@ def test_load_data_local_file_over_cap_raises_format_error(tmp_path: Path, bundl
     raw_dir = tmp_path / "raw"
     with pytest.raises(DataFormatError) as err:
         load_data(str(bundled_csv), raw_dir, max_bytes=1000)
-    assert "MAX_DATA_BYTES=1000" in str(err.value) and str(bundled_csv) in str(err.value)
+    assert "MAX_DATA_BYTES=1000" in str(err.value) and "BreastCancer.csv (bundled)" in str(err.value)
     _assert_only(raw_dir, set())
 
 

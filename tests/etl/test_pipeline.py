@@ -49,7 +49,8 @@ def test_pipeline_gate_failure_keeps_the_served_model(tmp_path: Path, bundled_cs
 
     shuffled = pd.read_csv(bundled_csv, dtype=str)
     shuffled["Class"] = np.random.default_rng(0).permutation(shuffled["Class"].to_numpy())
-    bad_csv = tmp_path / "shuffled.csv"
+    bad_csv = settings.data_dir / "shuffled.csv"  # a local override must live under DATA_DIR
+    bad_csv.parent.mkdir(parents=True, exist_ok=True)
     shuffled.to_csv(bad_csv, index=False)
 
     bad = train_version(settings, registry, str(bad_csv))

@@ -133,6 +133,32 @@ def test_upload_to_storage_twice_in_one_second_reuses_an_identical_backup(
     assert sorted(p.name for p in settings.upload_dir.iterdir()) == [STAMP, f"{STAMP}_2"]
 
 
+def test_upload_to_storage_keeps_the_newest_backup_retention_folders(tmp_path: Path):
+    settings = make_settings(tmp_path, backup_retention=3)
+    registry = open_registry(settings)
+    versions = [make_version(registry, recall=0.90 + i / 100) for i in range(4)]  # distinct bytes
+    settings.upload_dir.mkdir(parents=True)
+    (settings.upload_dir / ".tmp-pruned-20200101_000000").mkdir()  # left by an interrupted prune
+    (settings.upload_dir / "notes").mkdir()  # not a backup: never touched
+    earlier = datetime(2026, 3, 15, 10, 14, 0, tzinfo=UTC)
+    for version in versions:
+        upload_to_storage(version, registry=registry, settings=settings, now=NOW)  # STAMP, _2, _3, _4
+    result = upload_to_storage(versions[0], registry=registry, settings=settings, now=earlier)
+
+    names = sorted(p.name for p in settings.upload_dir.iterdir())
+    # the three newest ("_2" after the plain stamp), plus the one just written though its stamp is older
+    assert names == sorted(["notes", f"{STAMP}_2", f"{STAMP}_3", f"{STAMP}_4", Path(result.backup_dir).name])
+
+
+def test_upload_to_storage_backup_retention_0_keeps_all(local: tuple[Settings, Registry, str]):
+    settings, registry, version = local
+    settings = settings.model_copy(update={"backup_retention": 0})
+    for minute in range(4):
+        now = datetime(2026, 3, 15, 10, minute, 0, tzinfo=UTC)
+        upload_to_storage(version, registry=registry, settings=settings, now=now)
+    assert len(list(settings.upload_dir.iterdir())) == 4
+
+
 def test_upload_to_storage_failed_copy_leaves_no_partial_backup(
     local: tuple[Settings, Registry, str], monkeypatch: pytest.MonkeyPatch
 ):

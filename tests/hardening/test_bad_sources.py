@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import BUNDLED_CSV, Service
+from tests.conftest import BUNDLED_CSV, BUNDLED_SHA256, Service
 from tests.hardening.conftest import (
     PREDICT_BODY,
     DataServer,
@@ -95,6 +95,7 @@ def service(tmp_path_factory: pytest.TempPathFactory, source: DataServer) -> Ite
             "HTTP_READ_TIMEOUT": "1",
             "HTTP_CONNECT_TIMEOUT": "1",
             "DOWNLOAD_RETRIES": "1",
+            "DATA_URL_ALLOW_PRIVATE_NETWORKS": "true",  # the bad sources are overrides on loopback
         },
     )
     data_dir = Path(svc.env["DATA_DIR"])  # a local data_url given to /train must live under DATA_DIR
@@ -136,10 +137,9 @@ def test_train_bad_source_clear_error_and_nothing_changes(
     for word in words:
         assert word in detail, detail
     assert _state(service) == before, "the registry or the served model changed"
-    # a CSV that downloaded but failed validation stays in data/raw/<sha256>.csv for diagnosis; a failed
-    # download leaves no partial file
-    partial = [p.name for p in (service.workdir / "data" / "raw").iterdir() if p.name.startswith(".tmp")]
-    assert not partial, f"partial downloads left behind: {partial}"
+    # a failed download leaves no partial file, and a refused one is deleted: only the served version's data
+    raw = {p.name for p in (service.workdir / "data" / "raw").iterdir()}
+    assert raw == {f"{BUNDLED_SHA256}.csv"}, f"downloads left behind: {raw}"
     assert "Traceback" not in service.log(), service.log()[-3000:]
 
 

@@ -48,7 +48,9 @@ def slow_source() -> Iterator[DataServer]:
 
 @pytest.fixture
 def service(tmp_path: Path, bundled_csv: Path) -> Iterator[tuple[Service, str]]:
-    svc = start_service(tmp_path / "svc", data_url=str(bundled_csv), token=TOKEN)
+    # the slow data source is an override on loopback: allow it explicitly (test_data_sources.py)
+    env = {"DATA_URL_ALLOWED_HOSTS": "127.0.0.1", "DATA_URL_ALLOW_PRIVATE_NETWORKS": "true"}
+    svc = start_service(tmp_path / "svc", data_url=str(bundled_csv), token=TOKEN, extra_env=env)
     try:
         yield svc, train_and_promote(svc)
     finally:

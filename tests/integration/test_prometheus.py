@@ -82,7 +82,15 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("monitoring")
     service = start_service(
-        tmp / "svc", data_url=str(BUNDLED_CSV), token=TOKEN, extra_env={"DOWNLOAD_RETRIES": "0"}
+        tmp / "svc",
+        data_url=str(BUNDLED_CSV),
+        token=TOKEN,
+        # the failing /train below names a dead loopback port: let an override reach loopback at all
+        extra_env={
+            "DOWNLOAD_RETRIES": "0",
+            "DATA_URL_ALLOWED_HOSTS": "127.0.0.1",
+            "DATA_URL_ALLOW_PRIVATE_NETWORKS": "true",
+        },
     )
     prom_port = free_port()
     closed_port = free_port()  # nothing listens here: stands in for the absent statsd-exporter
