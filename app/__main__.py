@@ -15,7 +15,7 @@ from pathlib import Path
 import uvicorn
 
 from etl.logger import setup_logging
-from etl.settings import get_settings
+from etl.settings import settings_or_exit
 
 log = logging.getLogger("app")
 
@@ -32,7 +32,7 @@ def prepare_multiprocess_dir(workers: int) -> Path | None:
 
 
 def main() -> None:
-    settings = get_settings()
+    settings = settings_or_exit()
     setup_logging(settings.log_level)
     mp_dir = prepare_multiprocess_dir(settings.workers)
     if mp_dir:
