@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 AIRFLOW_VENV := .airflow-venv
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run serve pipeline test lint typecheck unit system-deps airflow-venv bench clean
+.PHONY: help venv run serve pipeline test lint typecheck unit system-deps airflow-venv bench clean secrets
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ serve: $(STAMP)  ## serve the API with whatever model is promoted (no pipeline r
 
 pipeline: $(STAMP)  ## run the pipeline once (load, validate, train, evaluate, promote, upload)
 	$(PY) -m etl run
+
+secrets:  ## write .env for docker compose with every secret generated (FORCE=1: replace unusable ones in an existing .env)
+	$(PYTHON) docker/stack_env.py write $(if $(FORCE),--force,)
 
 system-deps:  ## Debian packages the integration tests use (prometheus/promtool, docker-compose, wrk)
 	@missing=""; \
