@@ -20,7 +20,7 @@ from etl.io import TMP_PREFIX, fsync_dir
 log = logging.getLogger(__name__)
 
 _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
-_HINT = "set DATA_URL to a reachable http(s) URL or a local path of the BreastCancer CSV"
+_HINT = "the source (DATA_URL, or a data_url override) must be a reachable http(s) URL or a local CSV"
 
 
 @dataclass(frozen=True)
