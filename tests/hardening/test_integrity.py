@@ -7,7 +7,6 @@ would appear. A control load of the same payload proves that it would.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import httpx
@@ -20,11 +19,11 @@ from tests.hardening.conftest import (
     TOKEN,
     client,
     malicious_pickle,
-    poll,
     sha256_file,
     train_and_promote,
     wait_serving,
 )
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -76,8 +75,13 @@ def test_integrity_tampered_candidate_refused_at_promotion_evaluate_and_pointer_
     # another process switches the pointer to the tampered version: the watcher refuses it, keeps serving
     pointer = service.results_dir / "current.json"
     pointer.write_text(json.dumps({"version": candidate}))
-    assert poll(lambda: f"cannot serve version {candidate}" in service.log(), 10), service.log()[-2000:]
-    time.sleep(0.5)  # a few more watcher polls
+    refusal = f"cannot serve version {candidate}"
+    wait_until(
+        lambda: refusal in service.log(), 10, lambda: f"the refusal in the log:\n{service.log()[-2000:]}"
+    )
+    # the watcher polls again and refuses again (it logs each time): still the verified model serves
+    seen = service.log().count(refusal)
+    wait_until(lambda: service.log().count(refusal) >= seen + 2, 10, "two more watcher polls")
     assert _predict_version(service) == served
     r = httpx.get(service.url + "/ready", timeout=10)
     assert r.status_code == 200 and r.json()["model_version"] == served, r.text
