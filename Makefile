@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 AIRFLOW_VENV := .airflow-venv
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run serve pipeline stack stack-down test lint typecheck unit system-deps airflow-venv bench clean
+.PHONY: help venv run serve pipeline stack stack-down test lint typecheck unit system-deps airflow-venv bench clean secrets
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ stack: $(STAMP) $(AIRFLOW_STAMP) system-deps  ## the service, Airflow and Promet
 
 stack-down: $(STAMP)  ## stop what `make stack` started (from another terminal)
 	$(PY) -m scripts.stack down
+
+secrets:  ## write .env for docker compose with every secret generated (FORCE=1: replace unusable ones in an existing .env)
+	$(PYTHON) docker/stack_env.py write $(if $(FORCE),--force,)
 
 system-deps:  ## Debian packages the integration tests use (prometheus/promtool, docker-compose, wrk, chromium)
 	@missing=""; \

@@ -18,7 +18,7 @@ def require_token(
 ) -> None:
     """Pass when API_TOKEN is unset or the bearer token equals it (compared in constant time)."""
     settings: Settings = request.app.state.settings
-    expected = settings.api_token
+    expected = settings.api_token.get_secret_value()
     if not expected:
         return
     if credentials is None or credentials.scheme.lower() != "bearer":

@@ -28,6 +28,16 @@ STATUS_BY_ERROR: tuple[tuple[type[e.EtlError], int], ...] = (
 )
 
 
+# Refusals of the caller's request before a pipeline step could run: an unknown version, a version that may
+# not be served, a training already running. The metrics count them as "rejected", not as a step failure
+# (a 404 on promote is not a broken pipeline, and must not fire UploadFailed).
+REJECTIONS: tuple[type[e.EtlError], ...] = (
+    e.ModelNotFoundError,
+    e.NotServableError,
+    e.TrainingInProgressError,
+)
+
+
 def status_for(exc: e.EtlError) -> int:
     for cls, status in STATUS_BY_ERROR:
         if isinstance(exc, cls):

@@ -20,7 +20,7 @@ from app.routes import router
 from app.state import ModelHolder
 from etl.logger import setup_logging
 from etl.pipeline import open_registry
-from etl.settings import Settings, get_settings
+from etl.settings import Settings, settings_or_exit
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class _BodyTooLarge(Exception):
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service. Tests pass their own ``Settings``; production reads the environment."""
-    settings = settings or get_settings()
+    settings = settings or settings_or_exit()
     setup_logging(settings.log_level)
     registry = open_registry(settings)
     holder = ModelHolder(registry)

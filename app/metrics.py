@@ -40,6 +40,9 @@ LATENCY_BUCKETS = (
     60.0,
 )
 STEPS = ("train", "evaluate", "promote", "upload")
+# success; failure: the step ran and failed; rejected: the request was refused before the step ran
+# (unknown version, not servable, a training already running: app.errors.REJECTIONS)
+OUTCOMES = ("success", "failure", "rejected")
 
 MODEL_INFO = Gauge(
     "model_info",
@@ -83,7 +86,7 @@ STEP_DURATION = Histogram(
 )
 STEP_OUTCOMES = Counter(
     "pipeline_steps",
-    "Pipeline steps run through the service, by outcome",
+    "Pipeline steps run through the service, by outcome (success, failure, rejected: refused before it ran)",
     ["step", "outcome"],
     namespace=NAMESPACE,
 )
@@ -114,7 +117,7 @@ def init_labels() -> None:
     """Create every bounded label combination at zero so dashboards and rate() see them from the start."""
     for step in STEPS:
         STEP_DURATION.labels(step)
-        for outcome in ("success", "failure"):
+        for outcome in OUTCOMES:
             STEP_OUTCOMES.labels(step, outcome)
 
 

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 
 from app import metrics
 from app.auth import require_token
-from app.errors import error_responses
+from app.errors import REJECTIONS, error_responses
 from app.fastpath import predict_many, predict_one
 from app.schemas import (
     CurrentModelResponse,
@@ -60,14 +60,18 @@ HolderDep = Annotated[ModelHolder, Depends(get_holder)]
 
 
 def _timed_step(step: str, fn: Callable[[], T]) -> T:
+    """Run one pipeline step, counting its outcome; a refused request counts as rejected, untimed."""
     started = time.perf_counter()
     try:
         result = fn()
+    except REJECTIONS:
+        metrics.STEP_OUTCOMES.labels(step, "rejected").inc()
+        raise
     except EtlError:
         metrics.STEP_OUTCOMES.labels(step, "failure").inc()
-        raise
-    finally:
         metrics.STEP_DURATION.labels(step).observe(time.perf_counter() - started)
+        raise
+    metrics.STEP_DURATION.labels(step).observe(time.perf_counter() - started)
     metrics.STEP_OUTCOMES.labels(step, "success").inc()
     return result
 

@@ -5,7 +5,8 @@ Drives one retraining cycle **through the model service's HTTP API**: the DAG ho
 imports nothing from the project, so any Airflow 3 with `apache-airflow-providers-http` can run it.
 
 1. `wait_for_api`: `GET /ready` until the service answers; keeps poking through *connection refused*
-   and 5xx while the service starts, until the sensor timeout.
+   and 5xx while the service starts (one log line per poke), until the sensor timeout, then fails with
+   the URL, how long it waited and the last problem.
 2. `train`: `POST /train` (optional `data_url` Param); pushes the new version to XCom. Retried on
    5xx, 409 (training already running) and timeouts; a 4xx such as **401** (wrong token) fails at once.
 3. `evaluate`: `POST /evaluate` for that version (`promote` Param). **A failed quality gate fails this
@@ -13,8 +14,10 @@ imports nothing from the project, so any Airflow 3 with `apache-airflow-provider
    served model stays.
 4. `upload`: `POST /upload` for that version (local backup + Google Drive); retried, as a Drive outage
    is transient.
-5. `on_failure`: runs when any task failed (`one_failed`), logs which task failed and why, calls the
-   optional notification hook and fails itself, so the run ends failed (it is skipped on success).
+5. `on_failure`: runs when any task failed (`one_failed`), logs which task failed and why (every task
+   records its reason when it fails: the service unreachable at a URL, an HTTP status and the service's
+   detail, a timeout), calls the optional notification hook and fails itself, so the run ends failed
+   (it is skipped on success).
 
 **Connection** `ml_api` (`AIRFLOW_CONN_ML_API`), e.g.
 `{"conn_type": "http", "host": "127.0.0.1", "port": 8000, "schema": "http", "password": "<API_TOKEN>"}`;
@@ -25,7 +28,9 @@ the password is sent as `Authorization: Bearer <password>` (no header when it is
 **Environment** (read when the file is parsed; no I/O): `ML_PIPELINE_SCHEDULE` (default `@weekly`;
 `None` for manual runs only), `ML_PIPELINE_RETRY_DELAY_SECONDS` (300), `ML_PIPELINE_POKE_INTERVAL_SECONDS`
 (15), `ML_PIPELINE_WAIT_TIMEOUT_SECONDS` (900), `ML_PIPELINE_ALERT_CONN_ID` (empty: no notification; else an
-HTTP connection that receives a JSON summary of a failed run).
+HTTP connection that receives a JSON summary of a failed run). For a quick `airflow dags test`, set
+`ML_PIPELINE_RETRY_DELAY_SECONDS=5` and `ML_PIPELINE_WAIT_TIMEOUT_SECONDS=60`: while a task waits for its
+retry, `dags test` logs "No tasks to run. unrunnable tasks" once a second.
 """
 
 from __future__ import annotations
@@ -33,14 +38,23 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import time
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
+import requests
+from airflow.providers.http.hooks.http import HttpHook
 from airflow.providers.http.notifications.http import HttpNotifier
 from airflow.providers.http.operators.http import HttpOperator
 from airflow.providers.http.sensors.http import HttpSensor
 from airflow.sdk import DAG, BaseHook, Param, TriggerRule, task
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import (
+    AirflowException,
+    AirflowFailException,
+    AirflowSensorTimeout,
+    AirflowTaskTimeout,
+)
 from requests import Response
 from requests.auth import AuthBase
 
@@ -104,29 +118,75 @@ def _detail(response: Response) -> str:
     return json.dumps(body)[:500]
 
 
-def _fail(ti: Any, message: str, *, retry: bool) -> NoReturn:
-    """Record why the task failed (read by ``on_failure``) and raise; ``retry=False`` skips retries."""
-    ti.xcom_push(key=FAILURE_XCOM_KEY, value=message)
+def _fail(message: str, *, retry: bool) -> NoReturn:
+    """Fail the task with ``message`` (which ``on_failure`` reports); ``retry=False`` skips retries."""
     if retry:
         raise AirflowException(message)
     raise AirflowFailException(message)
 
 
-def _require_success(response: Response, ti: Any, action: str) -> dict[str, Any]:
-    """Return the JSON body of a 2xx response; fail fast on a 4xx, retryably on 5xx and busy statuses."""
+def network_problem(exc: requests.RequestException) -> str:
+    """What went wrong below HTTP, in a few words (requests' own message is a nested repr of objects)."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return "no connection within the connect timeout"
+    if isinstance(exc, requests.ReadTimeout):
+        return "no answer within the read timeout"
+    errno = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", str(exc))
+    if errno:
+        return errno.group(1).strip()
+    if "RemoteDisconnected" in str(exc):
+        return "the connection was closed without a response"
+    return type(exc).__name__
+
+
+def failure_reason(exc: BaseException | None, task: Any) -> str:
+    """One line saying why ``task`` failed, from the exception it failed with."""
+    if exc is None:
+        return "it ended failed without an error (killed from outside?): see its log"
+    if isinstance(exc, requests.RequestException):
+        request = getattr(exc, "request", None)
+        url = getattr(request, "url", None) or getattr(task, "endpoint", "?")
+        method = getattr(request, "method", None) or getattr(task, "method", "")
+        return f"{method} {url}: service unreachable: {network_problem(exc)}"
+    if isinstance(exc, AirflowTaskTimeout):
+        return f"did not finish within its execution_timeout of {task.execution_timeout}"
+    lines = str(exc).strip().splitlines()
+    return lines[0][:1000] if lines else type(exc).__name__
+
+
+def record_failure(context: Any) -> None:
+    """``on_failure_callback`` of every task: keep the reason for ``on_failure``.
+
+    It runs in the task's process before the task is marked failed, so the reason is there when
+    ``on_failure`` starts.
+    """
+    reason = failure_reason(context.get("exception"), context["task"])
+    context["ti"].xcom_push(key=FAILURE_XCOM_KEY, value=reason)
+
+
+def _require_success(response: Response, action: str, source_param: str | None = None) -> dict[str, Any]:
+    """Return the JSON body of a 2xx response; fail fast on a 4xx, retryably on 5xx and busy statuses.
+
+    ``source_param``: the run's ``data_url`` param, named in the message when the source was refused.
+    """
     status = response.status_code
     if 200 <= status < 300:
         try:
             body = response.json()
         except ValueError:
-            _fail(ti, f"{action}: HTTP {status} but the body is not JSON: {response.text[:200]}", retry=True)
+            _fail(f"{action}: HTTP {status} but the body is not JSON: {response.text[:200]}", retry=True)
         if not isinstance(body, dict):
-            _fail(ti, f"{action}: HTTP {status} but the body is not a JSON object", retry=True)
+            _fail(f"{action}: HTTP {status} but the body is not a JSON object", retry=True)
         return body
     message = f"{action} failed: HTTP {status}: {_detail(response)}"
     if status in (401, 403):
         message += " (check the password = API token of the ml_api connection)"
-    _fail(ti, message, retry=status >= 500 or status in RETRYABLE_STATUSES)
+    if source_param and status in (422, 502):
+        message += (
+            f" (the source was this run's data_url param {source_param}, not the service's DATA_URL: "
+            "fix the param, or trigger without it)"
+        )
+    _fail(message, retry=status >= 500 or status in RETRYABLE_STATUSES)
 
 
 def check_ready(response: Response) -> bool:
@@ -149,10 +209,63 @@ def check_ready(response: Response) -> bool:
     raise AirflowFailException(f"GET /ready answered HTTP {status}: {_detail(response)}")
 
 
-def check_train(response: Response, ti: Any) -> bool:
-    body = _require_success(response, ti, "POST /train")
+class ServiceReadySensor(HttpSensor):
+    """HttpSensor for `wait_for_api`: one log line per poke, and a timeout that says why.
+
+    HttpSensor with ``silent_fail`` logs a ~80-line traceback for every refused connection, after
+    HttpHook's own "Tenacity will retry" warning (providers-http 6.3.0: ``HttpHook.run_and_check``; no
+    retry follows). This sensor makes the request with the hook's session itself, so a connection error
+    or timeout is one line and means "not yet"; an HTTP answer goes to ``response_check``.
+    """
+
+    def execute(self, context: Any) -> Any:
+        self._url = self.endpoint
+        self._pokes = 0
+        self._last = "no answer yet"
+        self._unreachable = True
+        self._started = time.monotonic()
+        try:
+            return super().execute(context)
+        except AirflowSensorTimeout:
+            waited = f"{time.monotonic() - self._started:.0f} s"
+            url = self._url
+            state = f"unreachable at {url} for" if self._unreachable else f"at {url} not ready after"
+            raise AirflowSensorTimeout(
+                f"service {state} {waited} ({self._pokes} pokes; last: {self._last})"
+            ) from None
+
+    def poke(self, context: Any) -> bool:
+        hook = HttpHook(method=self.method, http_conn_id=self.http_conn_id)
+        session = hook.get_conn(self.headers, self.extra_options)  # sets base_url and merged_extra
+        self._url = hook.url_from_endpoint(self.endpoint)
+        self._pokes += 1
+        try:
+            response = session.request(
+                self.method,
+                self._url,
+                timeout=hook.merged_extra.get("timeout"),
+                allow_redirects=hook.merged_extra.get("allow_redirects", True),
+            )
+        except requests.RequestException as exc:
+            self._unreachable, self._last = True, network_problem(exc)
+            self.log.info(
+                "%s %s: %s (poke %d, %.0f s of %.0f s)",
+                self.method,
+                self._url,
+                self._last,
+                self._pokes,
+                time.monotonic() - self._started,
+                self.timeout,
+            )
+            return False
+        self._unreachable, self._last = False, f"HTTP {response.status_code} {_detail(response)[:200]}"
+        return bool(self.response_check(response)) if self.response_check else True
+
+
+def check_train(response: Response, params: dict[str, Any]) -> bool:
+    body = _require_success(response, "POST /train", params.get("data_url"))
     if not body.get("version"):
-        _fail(ti, f"POST /train: no version in the response: {body}", retry=False)
+        _fail(f"POST /train: no version in the response: {body}", retry=False)
     log.info(
         "trained version %s (data %s, rows %s)", body["version"], body.get("data_sha256"), body.get("rows")
     )
@@ -164,8 +277,8 @@ def version_of(response: Response) -> str:
     return str(response.json()["version"])
 
 
-def check_evaluate(response: Response, ti: Any, params: dict[str, Any]) -> bool:
-    body = _require_success(response, ti, "POST /evaluate")
+def check_evaluate(response: Response, params: dict[str, Any]) -> bool:
+    body = _require_success(response, "POST /evaluate")
     version = body.get("version")
     gate = body.get("gate") or {}
     if not gate.get("passed"):
@@ -177,7 +290,6 @@ def check_evaluate(response: Response, ti: Any, params: dict[str, Any]) -> bool:
         served = body.get("served_version")
         stays = f"the served model stays {served}" if served else "no model is served"
         _fail(
-            ti,
             f"quality gate FAILED for version {version}: {'; '.join(reasons) or 'no reason given'}; "
             f"not promoted, {stays}",
             retry=False,
@@ -186,7 +298,6 @@ def check_evaluate(response: Response, ti: Any, params: dict[str, Any]) -> bool:
     if params.get("promote", True):
         if not body.get("promoted") or body.get("served_version") != version:
             _fail(
-                ti,
                 f"gate passed but {version} was not promoted (served: {body.get('served_version')})",
                 retry=True,
             )
@@ -196,8 +307,8 @@ def check_evaluate(response: Response, ti: Any, params: dict[str, Any]) -> bool:
     return True
 
 
-def check_upload(response: Response, ti: Any) -> bool:
-    body = _require_success(response, ti, "POST /upload")
+def check_upload(response: Response) -> bool:
+    body = _require_success(response, "POST /upload")
     drive = body.get("drive") or {}
     log.info(
         "uploaded %s: local backup %s; Drive %s%s",
@@ -261,18 +372,17 @@ with DAG(
         "retries": 2,
         "retry_delay": RETRY_DELAY,
         "execution_timeout": timedelta(minutes=10),
+        "on_failure_callback": record_failure,
     },
 ) as dag:
-    wait_for_api = HttpSensor(
+    wait_for_api = ServiceReadySensor(
         task_id="wait_for_api",
         http_conn_id=ML_API_CONN_ID,
         endpoint="/ready",
         method="GET",
-        # Judge every status ourselves, and keep poking through "connection refused" (silent_fail):
-        # by default HttpSensor waits only on 404 and fails on a refused connection.
+        # Every status goes to check_ready; a refused connection or a timeout is "not yet" (the sensor).
         extra_options={"check_response": False, "timeout": (CONNECT_TIMEOUT, 10)},
         response_check=check_ready,
-        silent_fail=True,
         mode="poke",
         poke_interval=POKE_INTERVAL,
         timeout=WAIT_TIMEOUT,

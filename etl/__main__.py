@@ -19,7 +19,7 @@ from etl.errors import EtlError
 from etl.logger import setup_logging
 from etl.pipeline import evaluate_version, open_registry, train_version
 from etl.registry import Registry
-from etl.settings import Settings, get_settings
+from etl.settings import Settings, settings_or_exit
 from etl.upload_results import upload_to_storage
 
 log = logging.getLogger("etl")
@@ -215,10 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = get_settings()
-    except ValueError as exc:  # pydantic's ValidationError: a bad environment variable
-        sys.stderr.write(f"invalid settings: {exc}\n")
-        return 2
+        settings = settings_or_exit()
+    except SystemExit as exc:  # a bad setting, already reported without its value
+        return int(exc.code or 2)
     setup_logging(settings.log_level)
     try:
         registry = open_registry(settings)

@@ -41,7 +41,7 @@ __all__ = ["LoadResult", "check_override_source", "display_source", "is_url", "l
 MAX_REDIRECTS = 5
 _REDIRECT_STATUS = {301, 302, 303, 307, 308}
 _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
-_HINT = "set DATA_URL to a reachable http(s) URL or a local path of the BreastCancer CSV"
+_HINT = "the source (DATA_URL, or a data_url override) must be a reachable http(s) URL or a local CSV"
 _RAW_NAME = re.compile(r"[0-9a-f]{64}\.csv")
 
 

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 # The Wisconsin CSV ships inside the package (etl/data/README.md): the default source, no network needed.
 BUNDLED_DATA_PATH = Path(__file__).resolve().parent / "data" / "BreastCancer.csv"
 # The same file online; the README's first example of another source.
 PUBLIC_DATA_URL = "https://raw.githubusercontent.com/selva86/datasets/master/BreastCancer.csv"
 _PLACEHOLDER_TOKENS = {"changeme", "change-me", "secret", "token", "please-change-me"}
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class Settings(BaseSettings):
@@ -25,7 +28,7 @@ class Settings(BaseSettings):
     environment: Literal["development", "production"] = Field(
         "development", description="production refuses placeholder secrets"
     )
-    log_level: str = Field("INFO", description="logging level name")
+    log_level: str = Field("INFO", description="logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL")
 
     # data and pipeline
     data_url: str = Field(
@@ -89,7 +92,9 @@ class Settings(BaseSettings):
     )
 
     # service
-    api_token: str = Field("", description="bearer token for mutating routes; empty disables auth")
+    api_token: SecretStr = Field(
+        SecretStr(""), description="bearer token for mutating routes; empty disables auth"
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(1, ge=1, le=64)
@@ -156,6 +161,13 @@ class Settings(BaseSettings):
                 raise ValueError(f"DATA_URL_ALLOWED_HOSTS entry {n} is not a host name: {exc}") from None
         return hosts
 
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        if value.upper() not in _LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(_LOG_LEVELS)}")
+        return value.upper()
+
     @field_validator("gdrive_scopes", mode="before")
     @classmethod
     def _split_scopes(cls, value: object) -> object:
@@ -168,9 +180,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:
         if self.environment == "production":
-            if not self.api_token:
+            if not self.api_token.get_secret_value():
                 raise ValueError("API_TOKEN must be set when ENVIRONMENT=production")
-            token = self.api_token.lower()
+            token = self.api_token.get_secret_value().lower()
             if token in _PLACEHOLDER_TOKENS or "change-me" in token or "changeme" in token or len(token) < 16:
                 raise ValueError(
                     "API_TOKEN is a placeholder or shorter than 16 characters; set a real secret"
@@ -190,7 +202,48 @@ class Settings(BaseSettings):
         return load_or_create_key(self.model_signing_key_file)
 
 
+class SettingsError(ValueError):
+    """The environment or ``.env`` holds an invalid setting. The message names each variable and the rule it
+    breaks, never the value: pydantic's own error shows the input, and the input can be a secret (or, for a
+    rule that spans fields, every value read from ``.env``)."""
+
+    @classmethod
+    def from_validation(cls, error: ValidationError) -> SettingsError:
+        problems = []
+        for item in error.errors(include_url=False, include_context=False):
+            message = str(item["msg"]).removeprefix("Value error, ")
+            value = item.get("input")
+            if isinstance(value, str) and len(value) >= 3 and value in message:
+                message = message.replace(value, "<value>")  # no rule of ours quotes it; a library's might
+            loc = [str(part) for part in item["loc"]]
+            where = loc[0].upper() + "".join(f"[{part}]" for part in loc[1:]) + ": " if loc else ""
+            problems.append(where + message)
+        return cls(
+            "invalid settings (environment or .env; values are not shown):\n"
+            + "\n".join(f"  {problem}" for problem in problems)
+        )
+
+
 @lru_cache
 def get_settings() -> Settings:
-    """The process-wide settings, built once (tests build their own ``Settings(...)``)."""
-    return Settings()
+    """The process-wide settings, built once (tests build their own ``Settings(...)``).
+
+    Raises:
+        SettingsError: a variable breaks its rule (the message names it, without its value).
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError.from_validation(exc) from None
+    except SourceError as exc:  # a value that cannot be decoded at all; its message names the field only
+        raise SettingsError(f"invalid settings (environment or .env): {exc}") from None
+
+
+def settings_or_exit() -> Settings:
+    """``get_settings()`` for an entry point (the CLI, ``python -m app``, the uvicorn app): on a bad setting,
+    print which variables break which rule and exit with status 2, without a traceback."""
+    try:
+        return get_settings()
+    except SettingsError as exc:
+        sys.stderr.write(f"{exc}\n")
+        raise SystemExit(2) from None

@@ -268,7 +268,7 @@ def service_token() -> str:
     from etl.settings import get_settings
 
     try:
-        return get_settings().api_token
+        return get_settings().api_token.get_secret_value()
     except ValidationError as exc:  # its text would echo the values, the token among them
         reasons = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
         raise StackError(f"the service's settings are invalid: {reasons}") from None

@@ -10,13 +10,14 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_CSV = ROOT / "etl" / "data" / "BreastCancer.csv"
@@ -153,18 +154,24 @@ def start_service(
 
 
 def wait_for(service: Service, path: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Until ``path`` answers 200; a service that exits (or never answers) is stopped and its log shown."""
+
+    def answers() -> bool:
         if service.proc.poll() is not None:
             raise RuntimeError(f"service exited with {service.proc.returncode}:\n{service.log()}")
-        try:
-            if httpx.get(service.url + path, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    service.stop()
-    raise RuntimeError(f"service did not answer 200 on {path} within {timeout}s:\n{service.log()}")
+        return httpx.get(service.url + path, timeout=2).status_code == 200
+
+    try:
+        wait_until(
+            answers,
+            timeout,
+            lambda: f"200 on {path}:\n{service.log()}",
+            interval=0.1,
+            ignore=(httpx.TransportError,),
+        )
+    except BaseException:
+        service.stop()
+        raise
 
 
 @pytest.fixture

@@ -756,3 +756,35 @@ def test_metrics_exposes_bcd_metrics(client: TestClient, served: Served):
         'http_requests_total{handler="/predict",method="POST",status="200"}',
     ):
         assert name in text, name
+
+
+@pytest.mark.parametrize(
+    ("step", "method", "path", "body", "status"),
+    [
+        ("promote", "POST", "/models/19990101T000000Z-00000000/promote", None, 404),
+        ("evaluate", "POST", "/evaluate", {"version": "19990101T000000Z-00000000"}, 404),
+        ("upload", "POST", "/upload", {"version": "19990101T000000Z-00000000"}, 404),
+    ],
+)
+def test_metrics_caller_error_counts_rejected_not_failure(
+    client: TestClient, step: str, method: str, path: str, body: dict[str, Any] | None, status: int
+):
+    """A caller's 404 is not a broken pipeline: it must not count as a failure (UploadFailed reads those)."""
+
+    def outcomes() -> dict[str, float]:
+        text = client.get("/metrics").text
+        return {
+            o: _counter(text, f'bcd_pipeline_steps_total{{outcome="{o}",step="{step}"}}')
+            for o in ("success", "failure", "rejected")
+        }
+
+    def timed() -> float:
+        return _counter(
+            client.get("/metrics").text, f'bcd_pipeline_step_duration_seconds_count{{step="{step}"}}'
+        )
+
+    before, timed_before = outcomes(), timed()
+    r = client.request(method, path, json=body, headers=AUTH)
+    assert r.status_code == status, r.text
+    assert outcomes() == {**before, "rejected": before["rejected"] + 1}
+    assert timed() == timed_before  # a refused request says nothing about how long the step takes

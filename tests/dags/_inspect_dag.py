@@ -63,6 +63,7 @@ def seconds(value: Any) -> float | None:
 def describe_task(task: Any) -> dict[str, Any]:
     info: dict[str, Any] = {
         "operator": type(task).__name__,
+        "bases": [cls.__name__ for cls in type(task).__mro__],
         "upstream": sorted(task.upstream_task_ids),
         "downstream": sorted(task.downstream_task_ids),
         "trigger_rule": str(getattr(task.trigger_rule, "value", task.trigger_rule)),
@@ -81,6 +82,10 @@ def describe_task(task: Any) -> dict[str, Any]:
         value = getattr(task, name, None)
         if value is not None:
             info[name] = getattr(value, "__name__", repr(value))
+    callbacks = task.on_failure_callback or []
+    info["on_failure_callback"] = [
+        getattr(f, "__name__", repr(f)) for f in (callbacks if isinstance(callbacks, list) else [callbacks])
+    ]
     if hasattr(task, "poke_interval"):
         info["poke_interval"] = float(task.poke_interval)
         info["timeout"] = float(task.timeout)
@@ -88,15 +93,9 @@ def describe_task(task: Any) -> dict[str, Any]:
 
 
 def run_checks(module: Any) -> dict[str, Any]:
-    from airflow.sdk.exceptions import AirflowException, AirflowFailException
+    import requests
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowTaskTimeout
     from requests import Response
-
-    class FakeTI:
-        def __init__(self) -> None:
-            self.xcom: dict[str, Any] = {}
-
-        def xcom_push(self, key: str, value: Any) -> None:
-            self.xcom[key] = value
 
     def response(status: int, body: Any) -> Response:
         r = Response()
@@ -148,9 +147,13 @@ def run_checks(module: Any) -> dict[str, Any]:
         "502": response(502, {"detail": "data source unreachable"}),
     }
     for name, resp in train_cases.items():
-        ti = FakeTI()
-        results[f"train_{name}"] = outcome(lambda resp=resp, ti=ti: module.check_train(resp, ti))
-        results[f"train_{name}"]["xcom"] = ti.xcom
+        results[f"train_{name}"] = outcome(lambda resp=resp: module.check_train(resp, {"data_url": None}))
+    for status in (422, 502):
+        resp = response(status, {"detail": "data source http://x/d.csv answered HTTP 404"})
+        params = {"data_url": "http://x/d.csv"}
+        results[f"train_{status}_data_url_param"] = outcome(
+            lambda resp=resp, params=params: module.check_train(resp, params)
+        )
     results["train_filter"] = module.version_of(train_cases["200"])
     evaluate_cases = {
         "passed_promoted": (
@@ -163,18 +166,40 @@ def run_checks(module: Any) -> dict[str, Any]:
         "404": (response(404, {"detail": "unknown version"}), {"promote": True}),
     }
     for name, (resp, params) in evaluate_cases.items():
-        ti = FakeTI()
         results[f"evaluate_{name}"] = outcome(
-            lambda resp=resp, ti=ti, params=params: module.check_evaluate(resp, ti, params)
+            lambda resp=resp, params=params: module.check_evaluate(resp, params)
         )
-        results[f"evaluate_{name}"]["xcom"] = ti.xcom
     upload_cases = {
         "200": response(200, {"version": "v2", "backup_dir": "/b", "drive": {"status": "skipped"}}),
         "502_drive": response(502, {"detail": "Drive upload failed at step create; local backup at /b"}),
     }
     for name, resp in upload_cases.items():
-        results[f"upload_{name}"] = outcome(lambda resp=resp: module.check_upload(resp, FakeTI()))
+        results[f"upload_{name}"] = outcome(lambda resp=resp: module.check_upload(resp))
+    results["reasons"] = failure_reasons(module, requests, AirflowTaskTimeout)
     return results
+
+
+def failure_reasons(module: Any, requests: Any, task_timeout: type[BaseException]) -> dict[str, str]:
+    """What ``on_failure`` says for exceptions the tasks really fail with (real requests errors)."""
+    import datetime
+    import socket
+    import types
+
+    task = types.SimpleNamespace(
+        endpoint="/train", method="POST", execution_timeout=datetime.timedelta(minutes=35)
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # nothing listens once the socket is closed
+    errors: dict[str, BaseException | None] = {"none": None, "task_timeout": task_timeout()}
+    try:
+        requests.post(f"http://127.0.0.1:{closed}/train", timeout=(2, 2))
+    except requests.RequestException as exc:
+        errors["refused"] = exc
+    request = requests.Request("POST", "http://api:8000/train").prepare()
+    errors["read_timeout"] = requests.ReadTimeout("read timed out", request=request)
+    errors["multiline"] = ValueError("first line\nsecond line")
+    return {name: module.failure_reason(exc, task) for name, exc in errors.items()}
 
 
 def main() -> None:

@@ -120,14 +120,13 @@ def run_dag(
         shutil.copy(migrated_db, home / "airflow.db")
         connection = {"conn_type": "http", "host": "127.0.0.1", "port": port, "schema": "http"}
         connection["password"] = password
-        env = airflow_env(
-            home,
-            AIRFLOW_CONN_ML_API=json.dumps(connection),
-            ML_PIPELINE_RETRY_DELAY_SECONDS="1",
-            ML_PIPELINE_POKE_INTERVAL_SECONDS="1",
-            ML_PIPELINE_WAIT_TIMEOUT_SECONDS="180",
-            **(extra_env or {}),
-        )
+        settings = {
+            "AIRFLOW_CONN_ML_API": json.dumps(connection),
+            "ML_PIPELINE_RETRY_DELAY_SECONDS": "1",
+            "ML_PIPELINE_POKE_INTERVAL_SECONDS": "1",
+            "ML_PIPELINE_WAIT_TIMEOUT_SECONDS": "180",
+        }
+        env = airflow_env(home, **{**settings, **(extra_env or {})})
         cmd = [str(AIRFLOW_BIN), "dags", "test", DAG_ID]
         if conf is not None:
             cmd += ["--conf", json.dumps(conf)]
@@ -229,6 +228,13 @@ def served_version(service: Service) -> str:
     response = httpx.get(f"{service.url}/models/current", timeout=10)
     assert response.status_code == 200, response.text
     return str(response.json()["version"])
+
+
+def failure_reason(run: DagRunResult, task_id: str) -> str:
+    """What on_failure logged for ``task_id`` (without the log line's logger and location suffix)."""
+    match = re.search(rf"task {task_id} failed: (.*?)(?: \[\S+\] loc=\S+)?$", run.section("on_failure"), re.M)
+    assert match, run.section("on_failure")[-3000:]
+    return match.group(1).strip()
 
 
 def trained_version(run: DagRunResult) -> str:
@@ -339,7 +345,7 @@ def test_dag_run_late_service_wait_for_api_waits_then_succeeds(
     starter.start()
 
     def on_line(line: str) -> None:
-        if "Sensor poke failed" in line:
+        if "Connection refused (poke " in line:
             refused.set()
 
     run = run_dag(port, on_line=on_line)
@@ -351,8 +357,14 @@ def test_dag_run_late_service_wait_for_api_waits_then_succeeds(
     assert run.returncode == 0, run.tail()
     assert run.states == {**dict.fromkeys(TASKS[:-1], "success"), "on_failure": "skipped"}, run.tail()
     sensor_log = run.section("wait_for_api")
-    assert "Connection refused" in sensor_log
-    assert sensor_log.count("Poking: /ready") >= 2
+    refusals = [line for line in sensor_log.splitlines() if "Connection refused" in line]
+    assert refusals, sensor_log[-3000:]
+    for n, line in enumerate(refusals, 1):  # one line per refused poke, nothing else
+        assert re.search(
+            rf"GET http://127\.0\.0\.1:{port}/ready: Connection refused \(poke {n}, \d+ s of 180 s\)", line
+        )
+    assert "Traceback" not in sensor_log and "Tenacity" not in sensor_log, sensor_log[-3000:]
+    assert "service is up without a served model" in sensor_log
     assert run.tries("wait_for_api") == 1  # it waited; it did not fail and retry
     assert served_version(started[0]) == trained_version(run)
 
@@ -378,3 +390,67 @@ def test_dag_run_wrong_token_fails_train_once_with_401(
     assert "task train failed: POST /train failed: HTTP 401" in run.section("on_failure")
     models = httpx.get(f"{service.url}/models", timeout=10)
     assert (models.status_code, models.json()["models"]) == (200, [])
+
+
+def test_dag_run_service_never_up_fails_wait_for_api_with_reason(
+    run_dag: Callable[..., DagRunResult],
+) -> None:
+    port = free_port()  # nothing ever listens here
+    run = run_dag(port, extra_env={"ML_PIPELINE_WAIT_TIMEOUT_SECONDS": "5"})
+
+    assert run.returncode != 0, run.tail()
+    assert run.states == {
+        "wait_for_api": "failed",
+        "train": "upstream_failed",
+        "evaluate": "upstream_failed",
+        "upload": "upstream_failed",
+        "on_failure": "failed",
+    }, run.tail()
+    assert run.tries("wait_for_api") == 1  # a sensor timeout is final
+    sensor_log = run.section("wait_for_api")
+    pokes = [line for line in sensor_log.splitlines() if "Connection refused (poke " in line]
+    assert len(pokes) >= 3, sensor_log[-3000:]
+    assert "Tenacity" not in sensor_log and sensor_log.count("Traceback") <= 1  # the final failure only
+    reason = failure_reason(run, "wait_for_api")
+    expected = rf"service unreachable at http://127\.0\.0\.1:{port}/ready for \d+ s \({len(pokes)} pokes; "
+    assert re.fullmatch(expected + r"last: Connection refused\)", reason), reason
+
+
+def test_dag_run_service_down_after_ready_train_reports_unreachable(
+    service_factory: Callable[..., Service], run_dag: Callable[..., DagRunResult]
+) -> None:
+    service = service_factory()
+    port = port_of(service)
+
+    def on_line(line: str) -> None:
+        if "service is up without a served model" in line and service.proc.poll() is None:
+            service.stop()  # gone between the sensor and the first POST
+
+    run = run_dag(port, on_line=on_line)
+
+    assert service.proc.poll() is not None, "the service was never stopped"
+    assert run.returncode != 0, run.tail()
+    assert (run.states["wait_for_api"], run.states["train"], run.states["on_failure"]) == (
+        "success",
+        "failed",
+        "failed",
+    ), run.tail()
+    assert run.tries("train") == 3  # a refused connection is retried like a 5xx
+    reason = failure_reason(run, "train")
+    assert reason == f"POST http://127.0.0.1:{port}/train: service unreachable: Connection refused"
+
+
+def test_dag_run_bad_data_url_param_names_the_param(
+    service_factory: Callable[..., Service], run_dag: Callable[..., DagRunResult], data_base_url: str
+) -> None:
+    service = service_factory()
+    missing = f"{data_base_url}/missing.csv"
+
+    run = run_dag(port_of(service), conf={"data_url": missing})
+
+    assert run.returncode != 0, run.tail()
+    assert (run.states["train"], run.states["on_failure"]) == ("failed", "failed"), run.tail()
+    message = failure_reason(run, "train")
+    assert message.startswith(f"POST /train failed: HTTP 502: data source {missing} answered HTTP 404")
+    assert f"the source was this run's data_url param {missing}, not the service's DATA_URL" in message
+    assert "set DATA_URL" not in run.output

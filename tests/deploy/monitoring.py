@@ -8,7 +8,6 @@ import re
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import yaml
 
 from scripts.stack import write_scrape_config
 from tests.conftest import stop_process
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "prometheus"
@@ -180,17 +180,14 @@ def running_prometheus(config: Path, tmp: Path, port: int, timeout: float = 30.0
         stderr=subprocess.STDOUT,
     )
     prom = Prometheus(f"http://127.0.0.1:{port}", proc, log_path)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prometheus exited with {proc.returncode}:\n{prom.log()}")
+        return httpx.get(f"{prom.url}/-/ready", timeout=2).status_code == 200
+
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited with {proc.returncode}:\n{prom.log()}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{prom.url}/-/ready", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"prometheus not ready within {timeout}s:\n{prom.log()}")
-            time.sleep(0.1)
+        wait_until(ready, timeout, lambda: f"prometheus ready:\n{prom.log()}", ignore=(httpx.TransportError,))
         yield prom
     finally:
         stop_process(proc)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import uvicorn
 
 from tests.drive_server.app import create_drive_app
 from tests.drive_server.state import DriveState
+from tests.waiting import wait_until
 
 
 @dataclass
@@ -62,11 +62,9 @@ def run_drive_server(workdir: Path, state: DriveState | None = None) -> Iterator
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="drive-server")
     thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the Drive test server did not start")
-        time.sleep(0.02)
+    wait_until(lambda: server.started or not thread.is_alive(), 15, "the Drive server", interval=0.02)
+    if not server.started:
+        raise RuntimeError("the Drive test server did not start")
     try:
         yield RunningDriveServer(state=state, base_url=state.base_url, ca_bundle=ca_path)
     finally:

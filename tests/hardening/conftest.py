@@ -9,8 +9,7 @@ import json
 import pickle
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import Service, start_service
+from tests.waiting import wait_until
 
 TOKEN = "hardening-token-7f3a9c2e1b5d4a60"
 PREDICT_BODY = {
@@ -67,15 +67,12 @@ def train_and_promote(service: Service, **train_body: Any) -> str:
 
 
 def wait_serving(service: Service, version: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    seen = None
-    while time.monotonic() < deadline:
+    def ready() -> dict[str, Any] | None:
         r = httpx.get(service.url + "/ready", timeout=5)
-        seen = r.json()
-        if r.status_code == 200 and seen.get("model_version") == version:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"service does not serve {version} after {timeout}s: /ready says {seen}")
+        body: dict[str, Any] = r.json()
+        return body if r.status_code == 200 and body.get("model_version") == version else None
+
+    wait_until(ready, timeout, f"the service to serve {version} (GET /ready)")
 
 
 def start_promoted(workdir: Path, data_url: str, **kwargs: Any) -> tuple[Service, str]:
@@ -206,12 +203,3 @@ def promoted_service(tmp_path: Path, bundled_csv: Path) -> Iterator[tuple[Servic
         yield service, version
     finally:
         service.stop()
-
-
-def poll(predicate: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import uvicorn
 from tests.conftest import free_port
 from tests.drive_server import DriveEnv, DriveState, RunningDriveServer, make_service_account_key
 from tests.drive_server.app import create_drive_app
+from tests.waiting import wait_until
 
 
 class RestartableDrive:
@@ -58,11 +58,14 @@ class RestartableDrive:
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
-        deadline = time.monotonic() + 15
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the Drive test server did not start")
-            time.sleep(0.02)
+        wait_until(
+            lambda: server.started or not thread.is_alive(),
+            15,
+            "the Drive test server to start",
+            interval=0.02,
+        )
+        if not server.started:
+            raise RuntimeError("the Drive test server did not start")
         self._server, self._thread, self._sock = server, thread, sock
 
     def stop(self) -> None:

@@ -20,11 +20,11 @@ from tests.hardening.conftest import (
     TOKEN,
     client,
     malicious_pickle,
-    poll,
     sha256_file,
     train_and_promote,
     wait_serving,
 )
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -88,9 +88,12 @@ def test_integrity_tampered_candidate_refused_at_promotion_evaluate_and_pointer_
     pointer = service.results_dir / "current.json"
     pointer.write_text(json.dumps({"version": candidate}))
     refusal = f"cannot serve version {candidate}"
-    assert poll(lambda: refusal in service.log(), 10), service.log()[-2000:]
+    wait_until(
+        lambda: refusal in service.log(), 10, lambda: f"the refusal in the log:\n{service.log()[-2000:]}"
+    )
+    # the watcher polls again and refuses again (it logs each time): still the verified model serves
     seen = service.log().count(refusal)
-    assert poll(lambda: service.log().count(refusal) >= seen + 2, 10)  # two more watcher polls refused it
+    wait_until(lambda: service.log().count(refusal) >= seen + 2, 10, "two more watcher polls")
     assert _predict_version(service) == served
     r = httpx.get(service.url + "/ready", timeout=10)
     assert r.status_code == 200 and r.json()["model_version"] == served, r.text

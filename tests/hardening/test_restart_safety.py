@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,10 +29,10 @@ from tests.hardening.conftest import (
     client,
     data_server,
     models,
-    poll,
     train_and_promote,
 )
 from tests.hardening.drive import RestartableDrive, restartable_drive
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -95,17 +94,21 @@ def test_train_retry_after_client_timeout_leaves_one_servable_version(
     # Airflow retries; while the first run holds the lock a retry gets 409 and is retried again
     attempts: list[int] = []
     with client(svc) as c:
-        while True:
-            r = c.post("/train", json=body)
-            attempts.append(r.status_code)
-            if r.status_code != 409:
-                break
-            assert len(attempts) < 100, attempts
-            time.sleep(0.2)
+
+        def not_busy() -> httpx.Response | None:
+            response = c.post("/train", json=body)
+            attempts.append(response.status_code)
+            return None if response.status_code == 409 else response
+
+        r = wait_until(not_busy, 60, lambda: f"a /train not refused as busy: {attempts}", interval=0.2)
         assert r.status_code == 200, r.text
         retried = r.json()["version"]
         # the abandoned first run finishes server-side and registers its own version
-        assert poll(lambda: len({m["version"] for m in models(svc)["models"]} - before) == 2, 30)
+        wait_until(
+            lambda: len({m["version"] for m in models(svc)["models"]} - before) == 2,
+            30,
+            "the abandoned run's version in the registry",
+        )
         listing = models(svc)
         new = [m for m in listing["models"] if m["version"] not in before]
         assert all(m["status"] == "trained" and not m["servable"] for m in new), new

@@ -1,7 +1,7 @@
 """A real Prometheus scrapes a real service on loopback, with the project's scrape config and alert rules.
 
-The service is driven with predictions, batches, bad requests, one failing and one successful
-train -> evaluate -> upload cycle; then every PromQL expression of the Grafana dashboard and of the
+The service is driven with predictions, batches, bad requests, one successful train -> evaluate -> upload
+cycle and two trainings that fail (502); then every PromQL expression of the Grafana dashboard and of the
 alert rules is run through Prometheus's HTTP API. Airflow's series come from statsd-exporter, which is
 not packaged for Debian and so not running here: the scrape config points job "airflow" at a closed
 loopback port, its queries are checked for parsing only (their numbers are proven by promtool in
@@ -15,12 +15,14 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,7 @@ from tests.deploy.monitoring import (
     running_prometheus,
     split_condition,
 )
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -60,15 +63,43 @@ def _rows(count: int) -> list[dict[str, int]]:
 
 
 def _wait(prom: Prometheus, promql: str, predicate: Any, what: str, timeout: float = 60.0) -> list[Any]:
-    deadline = time.monotonic() + timeout
-    result: list[Any] = []
-    while time.monotonic() < deadline:
+    def holds() -> list[Any] | None:
         body = prom.query(promql)
-        result = body.get("data", {}).get("result", [])
-        if body["status"] == "success" and predicate(result):
-            return result
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}: {promql} -> {result}\n{prom.log()}")
+        result: list[Any] = body.get("data", {}).get("result", [])
+        return result if body["status"] == "success" and predicate(result) else None
+
+    result: list[Any] = wait_until(holds, timeout, lambda: f"{what}: {promql}\n{prom.log()}", interval=0.2)
+    return result
+
+
+def _scraped_requests(prom: Prometheus, count: int, what: str) -> None:
+    """Until a scrape has seen ``count`` requests in all (the test's own, /health left out)."""
+    _wait(
+        prom,
+        'sum(http_requests_total{job="api",handler!="/health"})',
+        lambda r: r and float(r[0]["value"][1]) == count,
+        f"a scrape that saw {what} ({count} requests)",
+    )
+
+
+def _rules_evaluated_after(prom: Prometheus, moment: float) -> None:
+    """Until every rule group has been evaluated after ``moment`` (Unix time), i.e. on the data scraped by
+    then; instead of sleeping for a few evaluation intervals."""
+
+    def evaluated() -> bool:
+        groups = prom.api("/api/v1/rules")["data"]["groups"]
+        return bool(groups) and all(_unix(group["lastEvaluation"]) > moment for group in groups)
+
+    wait_until(evaluated, 60, f"a rule evaluation after {moment}", interval=0.2)
+
+
+def _unix(rfc3339: str) -> float:
+    """Prometheus's nanosecond RFC 3339 time (``2026-01-01T10:00:00.123456789Z``) as Unix seconds."""
+    match = re.fullmatch(r"(.*?)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", rfc3339)
+    assert match, rfc3339
+    whole, fraction, zone = match.groups()
+    offset = "+00:00" if zone == "Z" else zone
+    return datetime.fromisoformat(whole + offset).timestamp() + float("0." + (fraction or "0"))
 
 
 @dataclass
@@ -113,16 +144,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 lambda r: r and float(r[0]["value"][1]) == expected,
                 f"a scrape that saw all {expected} predictions",
             )
-            time.sleep(3)  # a few more scrapes and rule evaluations after the traffic
+            _rules_evaluated_after(prom, time.time())
             yield Stack(service, prom, traffic)
     finally:
         service.stop()
 
 
 def _drive(service: Service, prom: Prometheus) -> dict[str, int]:
-    """Traffic that gives every service panel and alert signal something to show.
+    """Traffic that gives every service panel and alert signal something to show, and never more than
+    5% of 5xx in ApiHighErrorRatio's window at any scrape.
 
-    Returns the number of responses by status, /health left out.
+    rate() counts only the increases a series shows between two scrapes (a series is born at its first
+    value). So every kind of request is made once first and scraped; the predictions then come in rounds,
+    each scraped, before the second 502: the ratio's numerator is one increase, its denominator dozens,
+    whenever Prometheus evaluates it. Returns the number of responses by status, /health left out.
     """
     counts: dict[str, int] = {}
     auth = {"Authorization": f"Bearer {TOKEN}"}
@@ -135,30 +170,20 @@ def _drive(service: Service, prom: Prometheus) -> dict[str, int]:
         body: dict[str, Any] = response.json()
         return body
 
-    # trainings whose data source is unreachable: 502, failed train steps. Two, because rate() counts
-    # only increases between scrapes and a status series is born at 1 on its first request.
-    dead = f"http://127.0.0.1:{free_port()}/BreastCancer.csv"
-    assert "detail" in call("POST", "/train", 502, json={"data_url": dead}, headers=auth)
-    _wait(
-        prom,
-        'sum(http_requests_total{job="api",status="502"})',
-        lambda r: r and float(r[0]["value"][1]) == 1,
-        "a scrape that saw the first 502",
-    )
-    assert "detail" in call("POST", "/train", 502, json={"data_url": dead}, headers=auth)
-    # one full cycle
+    def sent() -> int:
+        return sum(counts.values())
+
+    # one full cycle, a batch, a prediction and the bad requests: every series born and scraped
     version = call("POST", "/train", 200, json={}, headers=auth)["version"]
     evaluated = call("POST", "/evaluate", 200, json={"version": version}, headers=auth)
     assert evaluated["gate"]["passed"] and evaluated["promoted"], evaluated
     assert call("POST", "/upload", 200, json={"version": version}, headers=auth)["version"] == version
-    # predictions, single and batched
-    for row in _rows(PREDICTIONS):
-        assert call("POST", "/predict", 200, json=row)["model_version"] == version
+    rows = _rows(PREDICTIONS)
+    assert call("POST", "/predict", 200, json=rows[0])["model_version"] == version
     for size in BATCHES:
         assert (
             len(call("POST", "/predict/batch", 200, json={"instances": _rows(size)})["predictions"]) == size
         )
-    # bad requests
     bad = dict(_rows(1)[0], clump_thickness=11)
     assert "detail" in call("POST", "/predict", 422, json=bad)
     assert "detail" in call("POST", "/predict/batch", 422, json={"instances": []})
@@ -167,6 +192,18 @@ def _drive(service: Service, prom: Prometheus) -> dict[str, int]:
         "POST", "/evaluate", 404, json={"version": "19990101T000000Z-00000000"}, headers=auth
     )
     assert call("GET", "/health", 200) == {"status": "ok"}
+    # a training whose data source is unreachable: 502, a failed train step (its series is born at 1)
+    dead = f"http://127.0.0.1:{free_port()}/BreastCancer.csv"
+    assert "detail" in call("POST", "/train", 502, json={"data_url": dead}, headers=auth)
+    _scraped_requests(prom, sent(), "every kind of request and the first 502")
+    # the rest of the predictions, in scraped rounds: increases rate() sees
+    for start in range(1, PREDICTIONS, 10):
+        for row in rows[start : start + 10]:
+            assert call("POST", "/predict", 200, json=row)["model_version"] == version
+        _scraped_requests(prom, sent(), f"predictions up to {start + 10}")
+    # the second 502: the one 5xx increase in the window
+    assert "detail" in call("POST", "/train", 502, json={"data_url": dead}, headers=auth)
+    _scraped_requests(prom, sent(), "the second 502")
     return counts
 
 
@@ -218,6 +255,8 @@ def test_dashboard_queries_see_the_driven_traffic(stack: Stack) -> None:
         for s in prom.query('sum by (step, outcome) (bcd_pipeline_steps_total{job="api"})')["data"]["result"]
     }
     assert steps[("train", "failure")] == 2 and steps[("train", "success")] == 1
+    # the caller's 404 on /evaluate is a rejected request, not a failed evaluation
+    assert steps[("evaluate", "rejected")] == 1 and steps[("evaluate", "failure")] == 0
     assert steps[("upload", "success")] == 1 and steps[("upload", "failure")] == 0
     statuses = {
         s["metric"]["status"]: int(float(s["value"][1]))
@@ -267,6 +306,10 @@ def test_alert_rules_evaluate_healthy_state(stack: Stack) -> None:
     # only the missing statsd-exporter is wrong in this test, and ScrapeTargetDown waits 5 minutes
     assert states.pop("ScrapeTargetDown") == "pending"
     assert set(states.values()) == {"inactive"}, states
+    # and the test's own 502s never made ApiHighErrorRatio pending, at any evaluation since the start
+    # (ALERTS has a sample for each pending or firing alert at each evaluation)
+    ever = stack.prometheus.query('count_over_time(ALERTS{alertname="ApiHighErrorRatio"}[1h])')
+    assert ever["status"] == "success" and ever["data"]["result"] == [], ever
     # two 502 among ~60 requests: the 5xx ratio is above zero and below the 5% threshold
     signal, _, _ = split_condition(
         next(r["expr"] for r in alert_rules() if r["alert"] == "ApiHighErrorRatio")
@@ -308,6 +351,19 @@ def _scrape(url: str, name: str, labels: str) -> float:
     return total
 
 
+def _workers_serving(mp_dir: Path, version: str) -> set[str]:
+    """The worker metric files in which bcd_model_info{version} is 1 (each worker writes its own)."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    serving = set()
+    for path in mp_dir.glob("gauge_mostrecent_*.db"):
+        for key, value, *_ in MmapedDict.read_all_values_from_file(str(path)):
+            name, _, labels, *_ = json.loads(key)
+            if name == "bcd_model_info" and labels.get("version") == version and value == 1:
+                serving.add(path.name)
+    return serving
+
+
 def test_metrics_multiworker_counts_every_request(tmp_path: Path) -> None:
     """`python -m app` with WORKERS=2: N requests spread over both workers, one scrape counts exactly N."""
     from prometheus_client.mmap_dict import MmapedDict
@@ -317,25 +373,25 @@ def test_metrics_multiworker_counts_every_request(tmp_path: Path) -> None:
     (mp_dir / "counter_999999.db").write_bytes(b"stale")  # a leftover from an earlier run: must be wiped
     proc, url, log = _start_app(tmp_path, workers=2, mp_dir=mp_dir)
     try:
-        deadline = time.monotonic() + 60
-        while True:
+
+        def answers() -> bool:
             assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(url + "/openapi.json", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+            return httpx.get(url + "/openapi.json", timeout=2).status_code == 200
+
+        wait_until(answers, 60, lambda: f"the service:\n{log.read_text()}", ignore=(httpx.TransportError,))
         auth = {"Authorization": f"Bearer {TOKEN}"}
         version = httpx.post(url + "/train", json={}, headers=auth, timeout=120).json()["version"]
         assert httpx.post(url + "/evaluate", json={"version": version}, headers=auth, timeout=60).json()[
             "promoted"
         ]
-        while httpx.get(url + "/ready", timeout=5).status_code != 200:
-            assert time.monotonic() < deadline + 60, log.read_text()
-            time.sleep(0.2)
-        time.sleep(1.0)  # five MODEL_POLL_SECONDS periods: the other worker loads the promoted model too
+        # the worker that promoted serves it at once; the other picks it up from the registry pointer
+        # (MODEL_POLL_SECONDS): wait until each worker's own metrics file says it serves this version
+        wait_until(
+            lambda: len(_workers_serving(mp_dir, version)) == 2,
+            60,
+            lambda: f"both workers serving {version}: {_workers_serving(mp_dir, version)}\n{log.read_text()}",
+            interval=0.1,
+        )
 
         n, per_thread = 48, 4
         rows = _rows(n)

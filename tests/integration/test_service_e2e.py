@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import pytest
 from etl.features import FEATURE_COLUMNS, FEATURE_NAMES
 from tests.conftest import BUNDLED_CSV, BUNDLED_SHA256, Service, start_service, static_server
 from tests.pipeline_support import read_bundled
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -255,14 +255,12 @@ def test_e2e_cli_rollback_is_picked_up_by_the_running_service(run: Run):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    deadline = time.monotonic() + 30  # the service polls current.json every MODEL_POLL_SECONDS=0.2
-    served = None
-    while time.monotonic() < deadline:
-        served = run.http.get("/ready").json()["model_version"]
-        if served == run.version:
-            break
-        time.sleep(0.1)
-    assert served == run.version
+    # the service polls current.json every MODEL_POLL_SECONDS=0.2
+    wait_until(
+        lambda: run.http.get("/ready").json()["model_version"] == run.version,
+        30,
+        f"the service to serve {run.version} after the CLI rollback",
+    )
     assert (
         run.http.post("/predict", json=dict.fromkeys(FEATURE_NAMES, 1)).json()["model_version"] == run.version
     )

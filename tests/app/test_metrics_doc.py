@@ -1,0 +1,56 @@
+"""docs/monitoring.md lists every metric app/metrics.py declares, with its type and labels, and no other."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from prometheus_client.metrics import MetricWrapperBase
+
+from app import metrics
+from etl.evaluate import HEADLINE
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "monitoring.md"
+SUFFIX = {"counter": "_total", "gauge": "", "histogram": "", "summary": ""}
+
+
+def declared() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Exported family name -> (type, label names), from the module's metric objects."""
+    found = {}
+    for value in vars(metrics).values():
+        if isinstance(value, MetricWrapperBase):
+            name = value._name + SUFFIX[value._type]
+            found[name] = (value._type, tuple(value._labelnames))
+    return found
+
+
+def documented() -> dict[str, tuple[str, tuple[str, ...], str]]:
+    """Rows of the doc's metrics table -> (type, label names, labels cell)."""
+    text = DOC.read_text()
+    section = text.split("## Metrics the service exports", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) != 4 or not cells[0].startswith("`"):
+            continue
+        name, kind, labels = cells[0].strip("`"), cells[1], cells[2]
+        # label names are the backticked words outside parentheses; the parentheses hold their values
+        names = tuple(re.findall(r"`([a-z_]+)`", re.sub(r"\([^)]*\)", "", labels)))
+        rows[name] = (kind, names, labels)
+    return rows
+
+
+def test_metrics_doc_table_matches_declared_metrics() -> None:
+    doc = {name: (kind, labels) for name, (kind, labels, _) in documented().items()}
+    assert doc == declared()
+
+
+def test_metrics_doc_lists_bounded_label_values() -> None:
+    rows = documented()
+    for step in metrics.STEPS:
+        assert f"`{step}`" in rows["bcd_pipeline_steps_total"][2], step
+    for outcome in metrics.OUTCOMES:
+        assert f"`{outcome}`" in rows["bcd_pipeline_steps_total"][2], outcome
+    for name in HEADLINE:
+        assert f"`{name}`" in rows["bcd_model_quality_ratio"][2], name
+    assert rows["bcd_predictions_total"][2] == "`label` (`benign`, `malignant`)"

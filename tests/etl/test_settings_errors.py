@@ -1,0 +1,86 @@
+"""A bad setting stops every entry point with the variable and its rule, never the value.
+
+Each entry point runs as a real subprocess in a folder whose ``.env`` holds the bad values next to secrets
+(a pydantic error used to print ``input_value={...}``, which showed the end of the last ``.env`` value).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+ENTRY_POINTS = {
+    "etl-cli": ["-m", "etl", "models"],
+    "python-m-app": ["-m", "app"],
+    "uvicorn-app": ["-m", "uvicorn", "app.main:app", "--port", "0"],
+    "uvicorn-factory": ["-m", "uvicorn", "--factory", "app.main:create_app", "--port", "0"],
+}
+SECRETS = {
+    "GRAFANA_ADMIN_PASSWORD": "SecretGrafanaPw-9f8e7d6c",
+    "POSTGRES_PASSWORD": "pg-Secret-4b1c2d3e",
+}
+CASES = {
+    # a rule across fields (pydantic's error held the whole input: every .env value)
+    "placeholder-token": (
+        {"ENVIRONMENT": "production", "API_TOKEN": "change-me-7a8b9c0d1e"},
+        ["API_TOKEN is a placeholder"],
+    ),
+    "short-token": (
+        {"ENVIRONMENT": "production", "API_TOKEN": "tok3n-5f6e"},
+        ["API_TOKEN is a placeholder or shorter than 16 characters"],
+    ),
+    "field-rules": (
+        {"PORT": "70123", "TEST_SIZE": "0.777", "LOG_LEVEL": "LOUD9c2b", "ENVIRONMENT": "prod-3e4f"},
+        [
+            "PORT: Input should be less than or equal to 65535",
+            "TEST_SIZE: Input should be less than 0.5",
+            "LOG_LEVEL: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
+            "ENVIRONMENT: Input should be 'development' or 'production'",
+        ],
+    ),
+    "unparsable-list": ({"GDRIVE_SCOPES": '["https://scope-6d7e'}, ["GDRIVE_SCOPES: "]),
+}
+
+
+def run_with_dotenv(
+    tmp_path: Path, args: list[str], values: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python ARGS`` in ``tmp_path`` with ``values`` and the secrets in its ``.env`` (nothing in the
+    environment overrides them)."""
+    (tmp_path / ".env").write_text("".join(f"{k}={v}\n" for k, v in {**values, **SECRETS}.items()))
+    names = {*values, *SECRETS, "API_TOKEN", "ENVIRONMENT"}
+    env = {k: v for k, v in os.environ.items() if k not in names and not k.startswith("PROMETHEUS_")}
+    env["PYTHONPATH"] = str(ROOT)
+    return subprocess.run(
+        [sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+def test_settings_error_names_variable_and_rule_not_value(tmp_path: Path, entry: str, case: str) -> None:
+    values, expected = CASES[case]
+    proc = run_with_dotenv(tmp_path, ENTRY_POINTS[entry], values)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2, output
+    assert "invalid settings" in output, output
+    for line in expected:
+        assert line in output, output
+    for value in [*values.values(), *SECRETS.values()]:
+        if value not in {"production"}:
+            assert value not in output, f"{value!r} printed:\n{output}"
+    assert "Traceback" not in output and "input_value" not in output, output
+
+
+def test_settings_api_token_is_secret_in_repr() -> None:
+    from etl.settings import Settings
+
+    settings = Settings(_env_file=None, api_token="a-real-token-0123456789")  # type: ignore[call-arg]
+    assert "a-real-token-0123456789" not in repr(settings) + str(settings.model_dump())
+    assert settings.api_token.get_secret_value() == "a-real-token-0123456789"
