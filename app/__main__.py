@@ -2,6 +2,7 @@
 
 With WORKERS > 1 each worker is its own process, so Prometheus metrics go through files in
 PROMETHEUS_MULTIPROC_DIR (created empty at every start) and a scrape of any worker sees them all.
+The HTTP protocol bounds request heads (app/server.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import uvicorn
 
+from app.server import HTTP_PROTOCOL
 from etl.logger import setup_logging
 from etl.settings import get_settings
 
@@ -46,6 +48,7 @@ def main() -> None:
         log_level=settings.log_level.lower(),
         access_log=False,
         proxy_headers=False,
+        http=HTTP_PROTOCOL,
     )
 
 

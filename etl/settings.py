@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=64)
     max_batch: int = Field(10_000, ge=1, description="most instances in one /predict/batch")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest request body accepted")
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, le=1024 * 1024, description="largest request line + headers; above: 431"
+    )
+    max_headers: int = Field(100, ge=10, le=1000, description="most request headers; above: 431")
     model_poll_seconds: float = Field(
         1.0, ge=0.0, description="how often a worker checks whether another one promoted a new model"
     )
