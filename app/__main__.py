@@ -2,14 +2,17 @@
 
 With WORKERS > 1 each worker is its own process, so Prometheus metrics go through files in
 PROMETHEUS_MULTIPROC_DIR (created empty at every start) and a scrape of any worker sees them all.
-The HTTP protocol bounds request heads (app/server.py).
+The HTTP protocol bounds request heads (app/server.py). Beyond loopback the service refuses to start
+without API_TOKEN unless ALLOW_UNAUTHENTICATED=true says so on purpose.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -17,7 +20,7 @@ import uvicorn
 
 from app.server import HTTP_PROTOCOL
 from etl.logger import setup_logging
-from etl.settings import get_settings
+from etl.settings import Settings, get_settings
 
 log = logging.getLogger("app")
 
@@ -33,9 +36,43 @@ def prepare_multiprocess_dir(workers: int) -> Path | None:
     return path
 
 
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses; False for 0.0.0.0, ::, any other address or name."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def unauthenticated_exposure(settings: Settings) -> str | None:
+    """Why serving with these settings would expose the mutating routes without a token, or None."""
+    if settings.api_token or is_loopback(settings.host):
+        return None
+    return (
+        f"HOST={settings.host} listens beyond loopback and API_TOKEN is empty, so anyone who reaches the "
+        "port could train, evaluate, promote and upload"
+    )
+
+
 def main() -> None:
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValueError as exc:  # pydantic's ValidationError: names the variable and the rule, not the value
+        sys.stderr.write(f"invalid settings: {exc}\n")
+        sys.exit(2)
     setup_logging(settings.log_level)
+    exposure = unauthenticated_exposure(settings)
+    if exposure and not settings.allow_unauthenticated:
+        log.error(
+            "refusing to start: %s. Set API_TOKEN, or HOST=127.0.0.1, or ALLOW_UNAUTHENTICATED=true to "
+            "serve without a token on purpose",
+            exposure,
+        )
+        sys.exit(2)
+    if exposure:
+        log.warning("ALLOW_UNAUTHENTICATED=true: %s. THE MUTATING ROUTES ARE OPEN TO THE NETWORK.", exposure)
     mp_dir = prepare_multiprocess_dir(settings.workers)
     if mp_dir:
         log.info("%d workers; Prometheus multiprocess files in %s", settings.workers, mp_dir)
