@@ -2,8 +2,9 @@
 
 With WORKERS > 1 each worker is its own process, so Prometheus metrics go through files in
 PROMETHEUS_MULTIPROC_DIR (created empty at every start) and a scrape of any worker sees them all.
-The HTTP protocol bounds request heads (app/server.py). Beyond loopback the service refuses to start
-without API_TOKEN unless ALLOW_UNAUTHENTICATED=true says so on purpose.
+The HTTP protocol bounds request heads (app/server.py), and uvicorn logs through the project's one
+logging setup. Beyond loopback the service refuses to start without API_TOKEN unless
+ALLOW_UNAUTHENTICATED=true says so on purpose.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ def main() -> None:
         port=settings.port,
         workers=settings.workers,
         log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's loggers propagate to the one handler of setup_logging
         access_log=False,
         proxy_headers=False,
         http=HTTP_PROTOCOL,
