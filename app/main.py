@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import etl
 from app import errors, metrics
 from app.fastpath import PredictFastPath
-from app.routes import router
+from app.routes import protected, router
 from app.state import ModelHolder
 from etl.logger import setup_logging
 from etl.registry import Registry
@@ -146,6 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.holder = holder
     errors.install(app)
     app.include_router(router)
+    app.include_router(protected)
     metrics.init_labels()
     # innermost: valid /predict and /predict/batch are answered here, inside the instrumentation
     app.add_middleware(PredictFastPath, holder=holder, max_batch=settings.max_batch)

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Body, Depends, Path, Request
 from fastapi.exceptions import RequestValidationError
 
 from app import metrics
-from app.auth import require_token
+from app.auth import StrictJSONRoute, TokenRoute, require_token
 from app.errors import error_responses
 from app.fastpath import predict_many, predict_one
 from app.schemas import (
@@ -41,7 +41,9 @@ from etl.registry import Registry
 from etl.settings import Settings
 from etl.upload_results import upload_to_storage
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJSONRoute)
+# the routes that change state: API_TOKEN checked before the body is read (app/auth.py)
+protected = APIRouter(route_class=TokenRoute, dependencies=[Depends(require_token)])
 T = TypeVar("T")
 
 
@@ -125,13 +127,12 @@ async def ready(holder: HolderDep) -> dict[str, str]:
 # --- pipeline -----------------------------------------------------------------------------------
 
 
-@router.post(
+@protected.post(
     "/train",
     response_model=TrainResponse,
     status_code=200,
     summary="Train a new model version",
     tags=["pipeline"],
-    dependencies=[Depends(require_token)],
     responses=error_responses(401, 409, 413, 422, 502),
 )
 def train(
@@ -147,13 +148,12 @@ def train(
     return summary.to_dict()
 
 
-@router.post(
+@protected.post(
     "/evaluate",
     response_model=EvaluateResponse,
     status_code=200,
     summary="Evaluate a version and promote it if it passes the gate",
     tags=["pipeline"],
-    dependencies=[Depends(require_token)],
     responses=error_responses(401, 404, 409, 413, 422),
 )
 def evaluate(
@@ -175,13 +175,12 @@ def evaluate(
     return summary.to_dict()
 
 
-@router.post(
+@protected.post(
     "/upload",
     response_model=UploadResponse,
     status_code=200,
     summary="Back up a version locally and upload it to Google Drive",
     tags=["pipeline"],
-    dependencies=[Depends(require_token)],
     responses=error_responses(401, 404, 409, 413, 422, 502),
 )
 def upload(
@@ -205,13 +204,12 @@ def upload(
     return data
 
 
-@router.post(
+@protected.post(
     "/models/{version}/promote",
     response_model=PromoteResponse,
     status_code=200,
     summary="Serve an earlier version (rollback) or a passed one",
     tags=["models"],
-    dependencies=[Depends(require_token)],
     responses=error_responses(401, 404, 409),
 )
 def promote(

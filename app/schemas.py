@@ -29,6 +29,7 @@ class PredictRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={"examples": [BENIGN_EXAMPLE, MALIGNANT_EXAMPLE]},
     )
 
@@ -88,7 +89,9 @@ class PredictBatchRequest(BaseModel):
     """Many tumours at once (at most MAX_BATCH)."""
 
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"instances": [BENIGN_EXAMPLE, MALIGNANT_EXAMPLE]}]}
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{"instances": [BENIGN_EXAMPLE, MALIGNANT_EXAMPLE]}]},
     )
 
     instances: list[PredictRequest] = Field(..., min_length=1, description="one object per tumour")
@@ -102,7 +105,9 @@ class PredictBatchResponse(BaseModel):
 
 class TrainRequest(BaseModel):
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{}, {"data_url": "/data/BreastCancer.csv"}]}
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{}, {"data_url": "/data/BreastCancer.csv"}]},
     )
 
     data_url: str | None = Field(
@@ -136,7 +141,7 @@ class TrainResponse(BaseModel):
 
 class EvaluateRequest(BaseModel):
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{}, {"version": None, "promote": True}]}
+        extra="forbid", strict=True, json_schema_extra={"examples": [{}, {"version": None, "promote": True}]}
     )
 
     version: str | None = Field(None, max_length=64, description="version to evaluate; default the newest")
@@ -166,7 +171,9 @@ class EvaluateResponse(BaseModel):
 
 
 class UploadRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{}, {"version": None}]})
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra={"examples": [{}, {"version": None}]}
+    )
 
     version: str | None = Field(None, max_length=64, description="version to upload; default the served one")
 

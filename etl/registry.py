@@ -45,7 +45,7 @@ from etl.io import TMP_PREFIX, copy_atomic, fsync_dir, read_json, sha256_file, w
 
 log = logging.getLogger(__name__)
 
-VERSION_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
+VERSION_RE = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}")  # use fullmatch: `$` would take a trailing newline
 MODEL_FILE, META_FILE, METRICS_FILE, HOLDOUT_FILE = "model.joblib", "meta.json", "metrics.json", "holdout.csv"
 
 
@@ -71,7 +71,7 @@ class Registry:
         Raises:
             ModelNotFoundError: the name is malformed or no such version exists.
         """
-        if not VERSION_RE.match(version or ""):
+        if not VERSION_RE.fullmatch(version or ""):
             raise ModelNotFoundError(
                 f"{version!r} is not a model version (expected YYYYMMDDTHHMMSSZ-xxxxxxxx; see GET /models)"
             )
@@ -87,7 +87,7 @@ class Registry:
         names = [
             p.name
             for p in self.models_dir.iterdir()
-            if VERSION_RE.match(p.name) and (p / META_FILE).is_file()
+            if VERSION_RE.fullmatch(p.name) and (p / META_FILE).is_file()
         ]
         return sorted(names, key=lambda n: (n[:16], self._created_ns(n), n))
 
@@ -137,7 +137,7 @@ class Registry:
 
         ``meta`` gets ``version``, ``created_at`` and ``model_sha256`` added.
         """
-        if not VERSION_RE.match(version):
+        if not VERSION_RE.fullmatch(version):
             raise ValueError(f"bad version name {version!r}")
         self.models_dir.mkdir(parents=True, exist_ok=True)
         staging = self.models_dir / f"{TMP_PREFIX}{version}"
@@ -243,7 +243,7 @@ class Registry:
             version = read_json(self.pointer).get("version")
         except (FileNotFoundError, ValueError):
             return None
-        return version if isinstance(version, str) and VERSION_RE.match(version) else None
+        return version if isinstance(version, str) and VERSION_RE.fullmatch(version) else None
 
     def last_promotion_time(self) -> float | None:
         """Unix time the served pointer last switched (its file's mtime), or None."""

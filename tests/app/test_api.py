@@ -332,7 +332,7 @@ def test_train_returns_version_rows_and_sha(client: TestClient, served: Served):
     r = client.post("/train", headers=AUTH)
     assert r.status_code == 200, r.text
     out = r.json()
-    assert VERSION_RE.match(out["version"]) and out["version"] > served.version
+    assert VERSION_RE.fullmatch(out["version"]) and out["version"] > served.version
     assert out["data_sha256"] == BUNDLED_SHA256 and out["data_source"] == str(BUNDLED_CSV)
     rows = out["rows"]
     assert (rows["raw"], rows["missing_dropped"], rows["duplicates_dropped"]) == (699, 16, 8)
