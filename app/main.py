@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
-from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import etl
@@ -152,8 +151,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(PredictFastPath, holder=holder, max_batch=settings.max_batch)
     # http_* request metrics by route template (the instrumentator's families; /metrics not counted)
     app.add_middleware(metrics.HttpMetrics, excluded_handlers=("/metrics",))
-    # GET /metrics, aggregating the workers' files when PROMETHEUS_MULTIPROC_DIR is set
-    Instrumentator().expose(app, include_in_schema=False)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app
 

@@ -7,11 +7,12 @@ from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import numpy as np
-from fastapi import APIRouter, Body, Depends, Path, Request
+from fastapi import APIRouter, Body, Depends, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from app import metrics
-from app.auth import StrictJSONRoute, TokenRoute, require_token
+from app.auth import StrictJSONRoute, TokenRoute, require_metrics_token, require_token
 from app.errors import error_responses
 from app.fastpath import predict_many, predict_one
 from app.schemas import (
@@ -122,6 +123,12 @@ async def health() -> dict[str, str]:
 async def ready(holder: HolderDep) -> dict[str, str]:
     """200 only when a verified model is loaded and serving; 503 otherwise."""
     return {"status": "ready", "model_version": holder.get().version}
+
+
+@router.get("/metrics", include_in_schema=False, dependencies=[Depends(require_metrics_token)])
+def prometheus_metrics() -> Response:
+    """Prometheus exposition; needs ``Authorization: Bearer <METRICS_TOKEN>`` when the service sets one."""
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 # --- pipeline -----------------------------------------------------------------------------------
