@@ -113,7 +113,7 @@ def start_service(
     timeout: float = 60.0,
     port: int | None = None,
 ) -> Service:
-    """Start the service as production does (``python -m app``) on a free loopback port, state under ``workdir``.
+    """Start the service as production does (``python -m app``) on a free loopback port, state in ``workdir``.
 
     ``python -m app`` is the one uvicorn configuration (HTTP protocol with bounded request heads, logging,
     no access log), so the tests exercise the settings users run.
