@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 AIRFLOW_VENV := .airflow-venv
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run serve pipeline test lint typecheck unit system-deps airflow-venv bench clean
+.PHONY: help venv run serve pipeline stack stack-down test lint typecheck unit system-deps airflow-venv bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -40,9 +40,15 @@ serve: $(STAMP)  ## serve the API with whatever model is promoted (no pipeline r
 pipeline: $(STAMP)  ## run the pipeline once (load, validate, train, evaluate, promote, upload)
 	$(PY) -m etl run
 
-system-deps:  ## Debian packages the integration tests use (prometheus/promtool, docker-compose, wrk)
+stack: $(STAMP) $(AIRFLOW_STAMP) system-deps  ## the service, Airflow and Prometheus on this machine (foreground; Ctrl-C stops)
+	$(PY) -m scripts.stack up
+
+stack-down: $(STAMP)  ## stop what `make stack` started (from another terminal)
+	$(PY) -m scripts.stack down
+
+system-deps:  ## Debian packages the integration tests use (prometheus/promtool, docker-compose, wrk, chromium)
 	@missing=""; \
-	for pair in prometheus:prometheus promtool:prometheus docker-compose:docker-compose wrk:wrk; do \
+	for pair in prometheus:prometheus promtool:prometheus docker-compose:docker-compose wrk:wrk chromium:chromium; do \
 	  cmd=$${pair%%:*}; pkg=$${pair##*:}; command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -51,9 +57,9 @@ system-deps:  ## Debian packages the integration tests use (prometheus/promtool,
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-lint: $(STAMP)  ## ruff (including Airflow rules) and mypy on etl/ and app/
+lint: $(STAMP)  ## ruff (including Airflow rules) and mypy on etl/, app/ and scripts/
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check etl app tests dags bench
+	$(VENV)/bin/ruff format --check etl app tests dags bench scripts
 	$(VENV)/bin/mypy
 
 typecheck: lint
@@ -69,4 +75,4 @@ bench: $(STAMP) system-deps  ## benchmark /predict vs a bare ASGI floor, and /pr
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:  ## remove environments, caches and local artifacts (keeps secrets/)
-	rm -rf $(VENV) $(AIRFLOW_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis data results upload bench/results
+	rm -rf $(VENV) $(AIRFLOW_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis data results upload bench/results .stack

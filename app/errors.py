@@ -42,20 +42,25 @@ def detail_for(exc: e.EtlError) -> str:
     return str(exc)
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` entries for the error statuses a route can answer."""
-    from app.schemas import ErrorResponse
+def error_responses(*statuses: int, data_errors: bool = False) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the error statuses a route can answer.
+
+    A 422 is a list of field errors (``_validation_error``); with ``data_errors`` (a route that reads a data
+    source) it may also be a sentence about the data (``DataFormatError``, ``DataValidationError``).
+    """
+    from app.schemas import DataErrorResponse, ErrorResponse, ValidationErrorResponse
 
     text = {
         401: "missing or wrong bearer token",
         404: "no such model version",
         409: "conflict: a training is running, or the version cannot be served",
         413: "request body larger than MAX_BODY_BYTES",
-        422: "invalid request or invalid data",
+        422: "invalid request, or invalid data" if data_errors else "invalid request",
         502: "an upstream (data source or Google Drive) failed",
         503: "no model is served yet",
     }
-    return {s: {"model": ErrorResponse, "description": text.get(s, "error")} for s in statuses}
+    models = {422: DataErrorResponse if data_errors else ValidationErrorResponse}
+    return {s: {"model": models.get(s, ErrorResponse), "description": text.get(s, "error")} for s in statuses}
 
 
 def _clean_validation_errors(errors: Any) -> list[dict[str, Any]]:

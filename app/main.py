@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import etl
-from app import errors, metrics
+from app import docs, errors, metrics
 from app.fastpath import PredictFastPath
 from app.routes import protected, router
 from app.state import ModelHolder
@@ -139,6 +139,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
         license_info={"name": "Research use only; not a medical device"},
+        docs_url=None,  # app.docs serves /docs and /redoc with local assets (FastAPI's load them from CDNs)
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.registry = registry
@@ -146,6 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(router)
     app.include_router(protected)
+    docs.install(app)
     metrics.init_labels()
     # innermost: valid /predict and /predict/batch are answered here, inside the instrumentation
     app.add_middleware(PredictFastPath, holder=holder, max_batch=settings.max_batch)

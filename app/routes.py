@@ -140,7 +140,7 @@ def prometheus_metrics() -> Response:
     status_code=200,
     summary="Train a new model version",
     tags=["pipeline"],
-    responses=error_responses(401, 409, 413, 422, 502),
+    responses=error_responses(401, 409, 413, 422, 502, data_errors=True),
 )
 def train(
     settings: SettingsDep, request: Request, body: Annotated[TrainRequest | None, Body()] = None
@@ -217,7 +217,7 @@ def upload(
     status_code=200,
     summary="Serve an earlier version (rollback) or a passed one",
     tags=["models"],
-    responses=error_responses(401, 404, 409),
+    responses=error_responses(401, 404, 409, 422),
 )
 def promote(
     holder: HolderDep, version: Annotated[str, Path(max_length=64, description="a version from GET /models")]

@@ -104,17 +104,17 @@ class PredictBatchResponse(BaseModel):
 
 
 class TrainRequest(BaseModel):
+    # examples Swagger users can send as they are: both train on DATA_URL (a URL needs the network, and a
+    # path must lie under DATA_DIR, so neither makes an example that works everywhere)
     model_config = ConfigDict(
-        extra="forbid",
-        strict=True,
-        json_schema_extra={"examples": [{}, {"data_url": "/data/BreastCancer.csv"}]},
+        extra="forbid", strict=True, json_schema_extra={"examples": [{}, {"data_url": None}]}
     )
 
     data_url: str | None = Field(
         None,
         min_length=1,
         max_length=2048,
-        description="override DATA_URL for this run (http(s) URL or path)",
+        description="override DATA_URL for this run: an http(s) URL or a path under DATA_DIR; null: DATA_URL",
     )
 
 
@@ -229,4 +229,26 @@ class ReadyResponse(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    detail: Any = Field(..., description="what was wrong, in words (a list of field errors for a 422)")
+    detail: str = Field(..., description="what was wrong, in words")
+
+
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(
+        ..., description='where: "body" (or "path"), then the field and, in a batch, the instance index'
+    )
+    msg: str = Field(..., description="what is wrong with the value")
+    type: str = Field(..., description="the kind of error, e.g. missing, int_type, less_than_equal")
+
+
+class ValidationErrorResponse(BaseModel):
+    """A 422 for a request the schema refuses: one entry per wrong field."""
+
+    detail: list[FieldError]
+
+
+class DataErrorResponse(BaseModel):
+    """A 422 of POST /train: a request the schema refuses, or data that is not a valid dataset."""
+
+    detail: list[FieldError] | str = Field(
+        ..., description="field errors for the request; a sentence for the data source or its contents"
+    )

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import yaml
 
+from scripts.stack import write_scrape_config
 from tests.conftest import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,21 +138,9 @@ def free_port() -> int:
 def loopback_config(targets: dict[str, str], tmp: Path, interval: str = "1s") -> Path:
     """prometheus.yml with each job's targets replaced by ``targets[job]`` and short intervals.
 
-    The rule files are copied beside it, so the real alerts.yml is evaluated.
+    The rule files are copied beside it, so the real alerts.yml is evaluated (the rewrite `make stack` uses).
     """
-    config = load_yaml(PROMETHEUS_CONFIG)
-    config["global"].update(
-        {"scrape_interval": interval, "evaluation_interval": interval, "scrape_timeout": interval}
-    )
-    jobs = {job["job_name"] for job in config["scrape_configs"]}
-    assert jobs == set(targets), f"scrape jobs {sorted(jobs)} != rewritten {sorted(targets)}"
-    for job in config["scrape_configs"]:
-        job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
-    for rule_file in config.get("rule_files", []):
-        shutil.copy(PROMETHEUS_DIR / rule_file, tmp / rule_file)
-    path = tmp / "prometheus.yml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+    return write_scrape_config(targets, tmp, interval)
 
 
 @dataclass

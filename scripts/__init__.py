@@ -1,0 +1,1 @@
+"""Developer commands that run the project's parts together (``python -m scripts.<name>``)."""
