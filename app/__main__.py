@@ -2,18 +2,24 @@
 
 With WORKERS > 1 each worker is its own process, so Prometheus metrics go through files in
 PROMETHEUS_MULTIPROC_DIR (created empty at every start) and a scrape of any worker sees them all.
+The HTTP protocol bounds request heads (app/server.py), and uvicorn logs through the project's one
+logging setup. Beyond loopback the service refuses to start without API_TOKEN unless
+ALLOW_UNAUTHENTICATED=true says so on purpose.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import uvicorn
 
+from app.server import HTTP_PROTOCOL
 from etl.logger import setup_logging
 from etl.settings import Settings, settings_or_exit
 
@@ -61,9 +67,39 @@ def access_problems(settings: Settings) -> list[str]:
     return problems
 
 
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses; False for 0.0.0.0, ::, any other address or name."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def unauthenticated_exposure(settings: Settings) -> str | None:
+    """Why serving with these settings would expose the mutating routes without a token, or None."""
+    if settings.api_token.get_secret_value() or is_loopback(settings.host):
+        return None
+    return (
+        f"HOST={settings.host} listens beyond loopback and API_TOKEN is empty, so anyone who reaches the "
+        "port could train, evaluate, promote and upload"
+    )
+
+
 def main() -> None:
     settings = settings_or_exit()
     setup_logging(settings.log_level)
+    exposure = unauthenticated_exposure(settings)
+    if exposure and not settings.allow_unauthenticated:
+        log.error(
+            "refusing to start: %s. Set API_TOKEN, or HOST=127.0.0.1, or ALLOW_UNAUTHENTICATED=true to "
+            "serve without a token on purpose",
+            exposure,
+        )
+        sys.exit(2)
+    if exposure:
+        log.warning("ALLOW_UNAUTHENTICATED=true: %s. THE MUTATING ROUTES ARE OPEN TO THE NETWORK.", exposure)
     problems = access_problems(settings)
     if problems:
         for problem in problems:
@@ -83,8 +119,10 @@ def main() -> None:
         port=settings.port,
         workers=settings.workers,
         log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's loggers propagate to the one handler of setup_logging
         access_log=False,
         proxy_headers=False,
+        http=HTTP_PROTOCOL,
     )
 
 

@@ -10,13 +10,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
-from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import etl
 from app import docs, errors, metrics
 from app.fastpath import PredictFastPath
-from app.routes import router
+from app.routes import protected, router
 from app.state import ModelHolder
 from etl.logger import setup_logging
 from etl.pipeline import open_registry
@@ -148,14 +147,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.holder = holder
     errors.install(app)
     app.include_router(router)
+    app.include_router(protected)
     docs.install(app)
     metrics.init_labels()
     # innermost: valid /predict and /predict/batch are answered here, inside the instrumentation
     app.add_middleware(PredictFastPath, holder=holder, max_batch=settings.max_batch)
     # http_* request metrics by route template (the instrumentator's families; /metrics not counted)
     app.add_middleware(metrics.HttpMetrics, excluded_handlers=("/metrics",))
-    # GET /metrics, aggregating the workers' files when PROMETHEUS_MULTIPROC_DIR is set
-    Instrumentator().expose(app, include_in_schema=False)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app
 

@@ -1,18 +1,25 @@
-"""Every Prometheus metric the service exports, declared in one place.
+"""Every Prometheus metric the service exports, declared in one place, and the exposition for GET /metrics.
 
 Works with several uvicorn workers: when PROMETHEUS_MULTIPROC_DIR is set (``python -m app`` sets it up when
 WORKERS > 1) prometheus_client writes each worker's values to files and a scrape aggregates them. Gauges
 that describe the served model use ``mostrecent`` so every worker's latest value wins, not their sum.
+``bcd_model_info`` is not in those files: a file keeps every label value ever set (prometheus_client cannot
+remove a series in multiprocess mode), so it is built at scrape time from the version the answering
+worker serves, and there is only ever the one series.
 """
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from prometheus_client import Counter, Gauge, Histogram, Summary
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Summary, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 from prometheus_fastapi_instrumentator.routing import get_route_name
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -44,13 +51,33 @@ STEPS = ("train", "evaluate", "promote", "upload")
 # (unknown version, not servable, a training already running: app.errors.REJECTIONS)
 OUTCOMES = ("success", "failure", "rejected")
 
-MODEL_INFO = Gauge(
-    "model_info",
-    "The served model version (value 1 on the served version's label)",
-    ["version"],
-    namespace=NAMESPACE,
-    multiprocess_mode="mostrecent",
-)
+
+class ServedModelInfo(Collector):
+    """``bcd_model_info{version}``: 1 on the version this process serves, and no other series."""
+
+    def __init__(self) -> None:
+        self.version: str | None = None
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        if self.version is not None:
+            family.add_metric([self.version], 1.0)
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            f"{NAMESPACE}_model_info",
+            "The served model version (value 1 on the served version's label)",
+            labels=["version"],
+        )
+
+
+MODEL_INFO = ServedModelInfo()
+REGISTRY.register(MODEL_INFO)
 MODEL_QUALITY = Gauge(
     "model_quality_ratio",
     "Held-out quality of the served model",
@@ -130,16 +157,24 @@ def restore_timestamps(last_training: float | None, last_promotion: float | None
 
 
 def set_served_model(
-    version: str, metrics: dict[str, float] | None, threshold: float, previous: str | None
+    version: str, metrics: dict[str, float] | None, threshold: float, previous: str | None = None
 ) -> None:
-    """Point the model gauges at the newly served version."""
-    if previous and previous != version:
-        MODEL_INFO.labels(previous).set(0)
-    MODEL_INFO.labels(version).set(1)
+    """Point the model gauges at the newly served version (``previous`` simply stops being reported)."""
+    MODEL_INFO.version = version
     MODEL_THRESHOLD.set(threshold)
     for name in HEADLINE:
         if metrics and name in metrics:
             MODEL_QUALITY.labels(name).set(float(metrics[name]))
+
+
+def exposition() -> bytes:
+    """GET /metrics's text: this process's registry, or every worker's files in multiprocess mode."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    registry.register(MODEL_INFO)
+    return generate_latest(registry)
 
 
 def record_predictions(

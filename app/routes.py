@@ -7,11 +7,12 @@ from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import numpy as np
-from fastapi import APIRouter, Body, Depends, Path, Request
+from fastapi import APIRouter, Body, Depends, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from app import metrics
-from app.auth import require_token
+from app.auth import StrictJSONRoute, TokenRoute, require_metrics_token, require_token
 from app.errors import REJECTIONS, error_responses
 from app.fastpath import predict_many, predict_one
 from app.schemas import (
@@ -41,7 +42,9 @@ from etl.registry import Registry
 from etl.settings import Settings
 from etl.upload_results import upload_to_storage
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJSONRoute)
+# the routes that change state: API_TOKEN checked before the body is read (app/auth.py)
+protected = APIRouter(route_class=TokenRoute, dependencies=[Depends(require_token)])
 T = TypeVar("T")
 
 
@@ -126,16 +129,21 @@ async def ready(holder: HolderDep) -> dict[str, str]:
     return {"status": "ready", "model_version": holder.get().version}
 
 
+@router.get("/metrics", include_in_schema=False, dependencies=[Depends(require_metrics_token)])
+def prometheus_metrics() -> Response:
+    """Prometheus exposition; needs ``Authorization: Bearer <METRICS_TOKEN>`` when the service sets one."""
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
 # --- pipeline -----------------------------------------------------------------------------------
 
 
-@router.post(
+@protected.post(
     "/train",
     response_model=TrainResponse,
     status_code=200,
     summary="Train a new model version",
     tags=["pipeline"],
-    dependencies=[Depends(require_token)],
     responses=error_responses(401, 409, 413, 422, 502, data_errors=True),
 )
 def train(
@@ -155,13 +163,12 @@ def train(
     return summary.to_dict()
 
 
-@router.post(
+@protected.post(
     "/evaluate",
     response_model=EvaluateResponse,
     status_code=200,
     summary="Evaluate a version and promote it if it passes the gate",
     tags=["pipeline"],
-    dependencies=[Depends(require_token)],
     responses=error_responses(401, 404, 409, 413, 422),
 )
 def evaluate(
@@ -184,13 +191,12 @@ def evaluate(
     return summary.to_dict()
 
 
-@router.post(
+@protected.post(
     "/upload",
     response_model=UploadResponse,
     status_code=200,
     summary="Back up a version locally and upload it to Google Drive",
     tags=["pipeline"],
-    dependencies=[Depends(require_token)],
     responses=error_responses(401, 404, 409, 413, 422, 502),
 )
 def upload(
@@ -214,13 +220,12 @@ def upload(
     return data
 
 
-@router.post(
+@protected.post(
     "/models/{version}/promote",
     response_model=PromoteResponse,
     status_code=200,
     summary="Serve an earlier version (rollback) or a passed one",
     tags=["models"],
-    dependencies=[Depends(require_token)],
     responses=error_responses(401, 404, 409, 422),
 )
 def promote(

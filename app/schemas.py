@@ -31,6 +31,7 @@ class PredictRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={"examples": [BENIGN_EXAMPLE, MALIGNANT_EXAMPLE]},
     )
 
@@ -90,7 +91,9 @@ class PredictBatchRequest(BaseModel):
     """Many tumours at once (at most MAX_BATCH)."""
 
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"instances": [BENIGN_EXAMPLE, MALIGNANT_EXAMPLE]}]}
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{"instances": [BENIGN_EXAMPLE, MALIGNANT_EXAMPLE]}]},
     )
 
     instances: list[PredictRequest] = Field(..., min_length=1, description="one object per tumour")
@@ -168,7 +171,7 @@ class TrainResponse(BaseModel):
 
 class EvaluateRequest(BaseModel):
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{}, {"version": None, "promote": True}]}
+        extra="forbid", strict=True, json_schema_extra={"examples": [{}, {"version": None, "promote": True}]}
     )
 
     version: str | None = Field(None, max_length=64, description="version to evaluate; default the newest")
@@ -206,7 +209,9 @@ class EvaluateResponse(BaseModel):
 
 
 class UploadRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{}, {"version": None}]})
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra={"examples": [{}, {"version": None}]}
+    )
 
     version: str | None = Field(None, max_length=64, description="version to upload; default the served one")
 

@@ -51,7 +51,7 @@ from etl.signing import sign, verify
 
 log = logging.getLogger(__name__)
 
-VERSION_RE = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{8}")
+VERSION_RE = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}")  # use fullmatch: `$` would take a trailing newline
 MODEL_JSON, MODEL_FILE, META_FILE, METRICS_FILE = "model.json", "model.joblib", "meta.json", "metrics.json"
 HOLDOUT_FILE, NESTED_FILE, NESTED_MODELS_FILE = "holdout.csv", "nested.csv", "nested_models.json"
 REQUIRED_FILES = (MODEL_JSON, MODEL_FILE, HOLDOUT_FILE)

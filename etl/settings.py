@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import sys
+from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -16,14 +19,48 @@ from pydantic_settings import SettingsError as SourceError
 BUNDLED_DATA_PATH = Path(__file__).resolve().parent / "data" / "BreastCancer.csv"
 # The same file online; the README's first example of another source.
 PUBLIC_DATA_URL = "https://raw.githubusercontent.com/selva86/datasets/master/BreastCancer.csv"
-_PLACEHOLDER_TOKENS = {"changeme", "change-me", "secret", "token", "please-change-me"}
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# what a production token must have (token_weakness); `secrets.token_urlsafe(32)` and `openssl rand -hex 32`
+# always pass (0 of 10,000 of each rejected: tests/hardening/test_listen_policy.py)
+TOKEN_MIN_CHARS = 32
+TOKEN_MIN_BITS = 128
+_PLACEHOLDER_WORDS = ("change-me", "changeme", "change_me", "placeholder", "example", "your-token")
+HOW_TO_MAKE_ONE = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))' or openssl rand -hex 32"
+
+
+def token_weakness(token: str) -> str | None:
+    """Which rule a production bearer token breaks, or None when it looks random.
+
+    The rules: at least ``TOKEN_MIN_CHARS`` characters; at least ``TOKEN_MIN_BITS`` bits by the token's own
+    character frequencies (Shannon entropy times length, which underestimates a random token); at least
+    three quarters of its 3-character windows distinct (no repeated pattern); at most half of its
+    neighbouring characters equal or one code point apart (no runs like ``aaaa`` or ``1234``). The message
+    names the rule, never the value.
+    """
+    n = len(token)
+    if any(word in token.lower() for word in _PLACEHOLDER_WORDS):
+        return "a placeholder (it contains a word like change-me)"
+    if n < TOKEN_MIN_CHARS:
+        return f"shorter than {TOKEN_MIN_CHARS} characters"
+    bits = -sum(c * math.log2(c / n) for c in Counter(token).values())
+    if bits < TOKEN_MIN_BITS:
+        return f"under {TOKEN_MIN_BITS} bits of entropy by its character frequencies (too few distinct ones)"
+    if len({token[i : i + 3] for i in range(n - 2)}) < 0.75 * (n - 2):
+        return "a repeated pattern (fewer than 3/4 of its 3-character windows are distinct)"
+    if sum(abs(ord(a) - ord(b)) <= 1 for a, b in itertools.pairwise(token)) > (n - 1) / 2:
+        return "runs of equal or consecutive characters (more than half of neighbouring pairs)"
+    return None
 
 
 class Settings(BaseSettings):
     """Every knob of the project. Each field maps to the upper-case environment variable of its name."""
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        hide_input_in_errors=True,  # no secret in errors
+    )
 
     environment: Literal["development", "production"] = Field(
         "development", description="production refuses placeholder secrets"
@@ -100,6 +137,16 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=64)
     max_batch: int = Field(10_000, ge=1, description="most instances in one /predict/batch")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest request body accepted")
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, le=1024 * 1024, description="largest request line + headers; above: 431"
+    )
+    max_headers: int = Field(100, ge=10, le=1000, description="most request headers; above: 431")
+    allow_unauthenticated: bool = Field(
+        False, description="serve beyond loopback without API_TOKEN (logged as a warning at start)"
+    )
+    metrics_token: SecretStr = Field(
+        SecretStr(""), description="bearer token required on GET /metrics; empty = open"
+    )
     model_poll_seconds: float = Field(
         1.0, ge=0.0, description="how often a worker checks whether another one promoted a new model"
     )
@@ -178,15 +225,19 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _refuse_placeholder_secrets(self) -> Settings:
-        if self.environment == "production":
-            if not self.api_token.get_secret_value():
-                raise ValueError("API_TOKEN must be set when ENVIRONMENT=production")
-            token = self.api_token.get_secret_value().lower()
-            if token in _PLACEHOLDER_TOKENS or "change-me" in token or "changeme" in token or len(token) < 16:
-                raise ValueError(
-                    "API_TOKEN is a placeholder or shorter than 16 characters; set a real secret"
-                )
+    def _refuse_weak_secrets(self) -> Settings:
+        if self.environment != "production":
+            return self
+        if not self.api_token.get_secret_value():
+            raise ValueError(
+                f"API_TOKEN must be set when ENVIRONMENT=production; make one with {HOW_TO_MAKE_ONE}"
+            )
+        for name, secret in (("API_TOKEN", self.api_token), ("METRICS_TOKEN", self.metrics_token)):
+            token = secret.get_secret_value()
+            weakness = token_weakness(token) if token else None
+            if weakness:
+                msg = f"{name} is too weak for ENVIRONMENT=production: {weakness}"
+                raise ValueError(f"{msg}; make one with {HOW_TO_MAKE_ONE}")
         return self
 
     @property

@@ -114,12 +114,19 @@ def start_service(
     timeout: float = 60.0,
     port: int | None = None,
 ) -> Service:
-    """Start ``uvicorn app.main:app`` on a free loopback port with its state under ``workdir``."""
+    """Start the service as production does (``python -m app``) on a free loopback port, state in ``workdir``.
+
+    ``python -m app`` is the one uvicorn configuration (HTTP protocol with bounded request heads, logging,
+    no access log), so the tests exercise the settings users run.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "WORKERS": "1",
         "DATA_URL": data_url,
         "DATA_DIR": str(workdir / "data"),
         "RESULTS_DIR": str(workdir / "results"),
@@ -132,17 +139,7 @@ def start_service(
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     log_path = workdir / f"service-{port}.log"
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "app.main:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-        ],
+        [sys.executable, "-m", "app"],
         cwd=workdir,
         env=env,
         stdout=log_path.open("wb"),

@@ -334,7 +334,9 @@ def test_train_returns_version_rows_and_sha(client: TestClient, served: Served):
     r = client.post("/train", headers=AUTH, json={"force": True})
     assert r.status_code == 200, r.text
     out = r.json()
-    assert VERSION_RE.match(out["version"]) and out["version"] > served.version and out["unchanged"] is False
+    assert (
+        VERSION_RE.fullmatch(out["version"]) and out["version"] > served.version and out["unchanged"] is False
+    )
     assert out["data_sha256"] == BUNDLED_SHA256 and out["data_source"] == "BreastCancer.csv (bundled)"
     rows = out["rows"]
     assert (rows["raw"], rows["missing_dropped"], rows["duplicates_dropped"]) == (699, 16, 8)

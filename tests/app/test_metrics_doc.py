@@ -21,6 +21,9 @@ def declared() -> dict[str, tuple[str, tuple[str, ...]]]:
         if isinstance(value, MetricWrapperBase):
             name = value._name + SUFFIX[value._type]
             found[name] = (value._type, tuple(value._labelnames))
+        elif isinstance(value, metrics.ServedModelInfo):  # a collector: one series, read at scrape time
+            for family in value.describe():
+                found[family.name] = (family.type, tuple(family._labelnames))  # type: ignore[attr-defined]
     return found
 
 

@@ -60,7 +60,7 @@ def _leftovers(root: Path) -> list[Path]:
 
 def test_new_version_name_is_sortable_and_unique():
     names = [new_version_name("x", now=T0) for _ in range(50)]
-    assert all(VERSION_RE.match(n) for n in names)
+    assert all(VERSION_RE.fullmatch(n) for n in names)
     assert len(set(names)) == 50
     assert new_version_name("x", now=T0) < new_version_name("x", now=T0 + timedelta(seconds=1))
     assert names[0].startswith("20250601T120000Z-")

@@ -29,11 +29,11 @@ CASES = {
     # a rule across fields (pydantic's error held the whole input: every .env value)
     "placeholder-token": (
         {"ENVIRONMENT": "production", "API_TOKEN": "change-me-7a8b9c0d1e"},
-        ["API_TOKEN is a placeholder"],
+        ["API_TOKEN is too weak for ENVIRONMENT=production: a placeholder"],
     ),
     "short-token": (
         {"ENVIRONMENT": "production", "API_TOKEN": "tok3n-5f6e"},
-        ["API_TOKEN is a placeholder or shorter than 16 characters"],
+        ["API_TOKEN is too weak for ENVIRONMENT=production: shorter than 32 characters"],
     ),
     "field-rules": (
         {"PORT": "70123", "TEST_SIZE": "0.777", "LOG_LEVEL": "LOUD9c2b", "ENVIRONMENT": "prod-3e4f"},
