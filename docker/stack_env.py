@@ -51,6 +51,13 @@ def _check_secret(value: str, *, url_safe: bool) -> str | None:
     return None
 
 
+def _check_signing_key(value: str) -> str | None:
+    problem = _check_secret(value, url_safe=False)
+    if problem is None and len(value) < 32:
+        return "is too short (at least 32 characters)"
+    return problem
+
+
 def _check_fernet(value: str) -> str | None:
     if any(word in value.lower() for word in PLACEHOLDER_WORDS):
         return "is a placeholder"
@@ -73,6 +80,8 @@ SECRETS: dict[str, tuple[Callable[[], str], Callable[[str], str | None]]] = {
     "AIRFLOW_ADMIN_PASSWORD": (_token, lambda v: _check_secret(v, url_safe=False)),
     "GRAFANA_ADMIN_PASSWORD": (_token, lambda v: _check_secret(v, url_safe=False)),
     "GRAFANA_SECRET_KEY": (_token, lambda v: _check_secret(v, url_safe=False)),
+    # signs model.json (etl/signing.py): every api replica needs the same one, and at least 32 bytes
+    "MODEL_SIGNING_KEY": (lambda: secrets.token_hex(32), _check_signing_key),
 }
 
 

@@ -39,6 +39,7 @@ SECRETS = frozenset(
         "AIRFLOW_ADMIN_PASSWORD",
         "GRAFANA_ADMIN_PASSWORD",
         "GRAFANA_SECRET_KEY",
+        "MODEL_SIGNING_KEY",
     }
 )
 SERVICES = {
