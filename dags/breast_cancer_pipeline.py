@@ -7,8 +7,10 @@ imports nothing from the project, so any Airflow 3 with `apache-airflow-provider
 1. `wait_for_api`: `GET /ready` until the service answers; keeps poking through *connection refused*
    and 5xx while the service starts (one log line per poke), until the sensor timeout, then fails with
    the URL, how long it waited and the last problem.
-2. `train`: `POST /train` (optional `data_url` Param); pushes the new version to XCom. Retried on
+2. `train`: `POST /train` (optional `data_url` Param); pushes the version to XCom. Retried on
    5xx, 409 (training already running) and timeouts; a 4xx such as **401** (wrong token) fails at once.
+   `new_version`: when the service answers `"unchanged": true` (the same data, settings and libraries as
+   an existing version), logs `data unchanged since version X` and skips the rest: the run succeeds.
 3. `evaluate`: `POST /evaluate` for that version (`promote` Param). **A failed quality gate fails this
    task without a retry** (it is a verdict, not a fault), with the gate's reasons in the task log; the
    served model stays.
@@ -272,9 +274,22 @@ def check_train(response: Response, params: dict[str, Any]) -> bool:
     return True
 
 
-def version_of(response: Response) -> str:
-    """XCom value of `train` (return_value): the version it trained."""
-    return str(response.json()["version"])
+def trained_version(response: Response) -> dict[str, Any]:
+    """XCom value of `train` (return_value): the version, and whether it was unchanged (an existing one)."""
+    body = response.json()
+    return {"version": str(body["version"]), "unchanged": bool(body.get("unchanged"))}
+
+
+@task.short_circuit(task_id="new_version")
+def new_version(**context: Any) -> bool:
+    """Skip evaluate and upload (the run still succeeds) when the service trained nothing new: the same
+    data, settings and libraries as an existing version."""
+    trained = context["ti"].xcom_pull(task_ids="train")
+    if trained.get("unchanged"):
+        log.info("data unchanged since version %s: nothing to evaluate or upload", trained["version"])
+        return False
+    log.info("new version %s: evaluate it", trained["version"])
+    return True
 
 
 def check_evaluate(response: Response, params: dict[str, Any]) -> bool:
@@ -400,7 +415,7 @@ with DAG(
         data='{"data_url": {{ params.data_url | tojson }}}',
         extra_options={"check_response": False, "timeout": (CONNECT_TIMEOUT, 1800)},
         response_check=check_train,
-        response_filter=version_of,
+        response_filter=trained_version,
         log_response=True,
         deferrable=False,  # a POST must not be re-sent by a restarted triggerer
         execution_timeout=timedelta(minutes=35),
@@ -414,7 +429,7 @@ with DAG(
         auth_type=BearerTokenAuth,
         headers=JSON_HEADERS,
         data=(
-            '{"version": {{ ti.xcom_pull(task_ids="train") | tojson }}, '
+            '{"version": {{ ti.xcom_pull(task_ids="train")["version"] | tojson }}, '
             '"promote": {{ params.promote | tojson }}}'
         ),
         extra_options={"check_response": False, "timeout": (CONNECT_TIMEOUT, 600)},
@@ -431,7 +446,7 @@ with DAG(
         method="POST",
         auth_type=BearerTokenAuth,
         headers=JSON_HEADERS,
-        data='{"version": {{ ti.xcom_pull(task_ids="train") | tojson }}}',
+        data='{"version": {{ ti.xcom_pull(task_ids="train")["version"] | tojson }}}',
         extra_options={"check_response": False, "timeout": (CONNECT_TIMEOUT, 900)},
         response_check=check_upload,
         log_response=True,
@@ -442,5 +457,5 @@ with DAG(
 
     on_failure = report_failure()
 
-    wait_for_api >> train >> evaluate >> upload
+    wait_for_api >> train >> new_version() >> evaluate >> upload
     [wait_for_api, train, evaluate, upload] >> on_failure

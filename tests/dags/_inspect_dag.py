@@ -154,7 +154,10 @@ def run_checks(module: Any) -> dict[str, Any]:
         results[f"train_{status}_data_url_param"] = outcome(
             lambda resp=resp, params=params: module.check_train(resp, params)
         )
-    results["train_filter"] = module.version_of(train_cases["200"])
+    results["train_filter"] = module.trained_version(train_cases["200"])
+    results["train_filter_unchanged"] = module.trained_version(
+        response(200, {"version": "v1", "unchanged": True, "rows": {}})
+    )
     evaluate_cases = {
         "passed_promoted": (
             response(200, {**gate_passed, "promoted": True, "served_version": "v2"}),

@@ -32,7 +32,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW_BIN = PROJECT_ROOT / ".airflow-venv" / "bin" / "airflow"
 DAG_ID = "breast_cancer_pipeline"
 TOKEN = "dag-e2e-token-0123456789abcdef"
-TASKS = ("wait_for_api", "train", "evaluate", "upload", "on_failure")
+TASKS = ("wait_for_api", "train", "new_version", "evaluate", "upload", "on_failure")
 DAG_RUN_TIMEOUT = 420  # seconds; a run here takes well under a minute
 
 
@@ -115,7 +115,7 @@ def run_dag(
         on_line: Callable[[str], None] | None = None,
         extra_env: dict[str, str] | None = None,
     ) -> DagRunResult:
-        home = tmp_path / "airflow-home"
+        home = tmp_path / f"airflow-home-{len(list(tmp_path.glob('airflow-home-*')))}"  # one per run
         home.mkdir()
         shutil.copy(migrated_db, home / "airflow.db")
         connection = {"conn_type": "http", "host": "127.0.0.1", "port": port, "schema": "http"}
@@ -268,6 +268,29 @@ def test_dag_run_service_up_trains_evaluates_promotes_and_uploads(
     assert uploaded["drive"]["status"] == "skipped"
     assert TOKEN not in run.output  # the bearer token is never logged
 
+    # the same data, settings and libraries again: nothing new is trained, evaluated or uploaded
+    backups = sorted(p.name for p in service.upload_dir.iterdir())
+    again = run_dag(port_of(service))
+
+    assert again.returncode == 0, again.tail()
+    assert again.states == {
+        "wait_for_api": "success",
+        "train": "success",
+        "new_version": "success",
+        "evaluate": "skipped",
+        "upload": "skipped",
+        "on_failure": "skipped",
+    }, again.tail()
+    assert again.logged_response("train") | {"version": version, "unchanged": True} == again.logged_response(
+        "train"
+    )
+    assert f"data unchanged since version {version}" in again.section("new_version")
+    assert again.tries("evaluate") == again.tries("upload") == 0
+    assert served_version(service) == version
+    assert sorted(p.name for p in service.upload_dir.iterdir()) == backups
+    models = httpx.get(f"{service.url}/models", timeout=10).json()["models"]
+    assert [m["version"] for m in models] == [version]
+
 
 def test_dag_run_gate_failure_fails_evaluate_keeps_served_model(
     service_factory: Callable[..., Service],
@@ -300,6 +323,7 @@ def test_dag_run_gate_failure_fails_evaluate_keeps_served_model(
     assert run.states == {
         "wait_for_api": "success",
         "train": "success",
+        "new_version": "success",
         "evaluate": "failed",
         "upload": "upstream_failed",
         "on_failure": "failed",
@@ -380,6 +404,7 @@ def test_dag_run_wrong_token_fails_train_once_with_401(
     assert run.states == {
         "wait_for_api": "success",
         "train": "failed",
+        "new_version": "upstream_failed",
         "evaluate": "upstream_failed",
         "upload": "upstream_failed",
         "on_failure": "failed",
@@ -402,6 +427,7 @@ def test_dag_run_service_never_up_fails_wait_for_api_with_reason(
     assert run.states == {
         "wait_for_api": "failed",
         "train": "upstream_failed",
+        "new_version": "upstream_failed",
         "evaluate": "upstream_failed",
         "upload": "upstream_failed",
         "on_failure": "failed",

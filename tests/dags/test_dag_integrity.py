@@ -115,10 +115,12 @@ def test_dag_settings_match_issue(report: dict[str, Any]) -> None:
 @pytest.mark.airflow
 def test_dag_tasks_and_dependencies(report: dict[str, Any]) -> None:
     tasks = report["dag"]["tasks"]
-    assert set(tasks) == {"wait_for_api", "train", "evaluate", "upload", "on_failure"}
+    assert set(tasks) == {"wait_for_api", "train", "new_version", "evaluate", "upload", "on_failure"}
     assert tasks["wait_for_api"]["upstream"] == []
     assert tasks["train"]["upstream"] == ["wait_for_api"]
-    assert tasks["evaluate"]["upstream"] == ["train"]
+    assert tasks["new_version"]["upstream"] == ["train"]
+    assert tasks["new_version"]["operator"] == "_ShortCircuitDecoratedOperator"
+    assert tasks["evaluate"]["upstream"] == ["new_version"]
     assert tasks["upload"]["upstream"] == ["evaluate"]
     assert tasks["on_failure"]["upstream"] == ["evaluate", "train", "upload", "wait_for_api"]
     assert tasks["on_failure"]["trigger_rule"] == "one_failed"
@@ -161,7 +163,7 @@ def test_dag_http_tasks_configured(report: dict[str, Any]) -> None:
         assert task["response_check"] == f"check_{task_id}", task_id
         connect, read = task["extra_options"]["timeout"]
         assert 0 < connect <= read < task["execution_timeout"], task_id
-    assert tasks["train"]["response_filter"] == "version_of"
+    assert tasks["train"]["response_filter"] == "trained_version"
 
 
 @pytest.mark.airflow
@@ -242,7 +244,8 @@ def test_dag_wrong_token_message_names_the_connection(report: dict[str, Any]) ->
     message = report["checks"]["train_401"]["message"]
     assert message.startswith("POST /train failed: HTTP 401: missing or invalid bearer token")
     assert "ml_api" in message
-    assert report["checks"]["train_filter"] == "v2"
+    assert report["checks"]["train_filter"] == {"version": "v2", "unchanged": False}
+    assert report["checks"]["train_filter_unchanged"] == {"version": "v1", "unchanged": True}
 
 
 @pytest.mark.airflow
