@@ -104,7 +104,8 @@ def check_registry_consistent(service: Service) -> dict[str, Any]:
         meta = json.loads((vdir / "meta.json").read_text())
         if m["servable"] or m["served"]:
             assert m["status"] == "passed", m
-            assert sha256_file(vdir / "model.joblib") == meta["model_sha256"], f"{m['version']} fails sha256"
+            for name in ("model.json", "model.joblib"):
+                assert sha256_file(vdir / name) == meta["files"][name], f"{m['version']} {name} fails sha256"
             assert (vdir / "holdout.csv").is_file() and (vdir / "metrics.json").is_file(), m
             metrics = json.loads((vdir / "metrics.json").read_text())
             assert metrics["quality_gate"]["passed"] is True, m
