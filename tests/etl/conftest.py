@@ -1,0 +1,47 @@
+"""Fixtures of the etl tests: a clock the tests move, and one training on the bundled data to copy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from etl.pipeline import open_registry, train_version
+from etl.settings import Settings
+from tests.pipeline_support import copy_tree, make_settings
+
+
+class FakeClock:
+    """Time that moves only when the code under test sleeps (or a test moves ``now``)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(scope="session")
+def trained_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A folder holding one version trained on the bundled data with the default settings (3 nested repeats),
+    not evaluated: (folder, version). Tests copy it with :func:`trained_copy` instead of training again."""
+    base = tmp_path_factory.mktemp("trained-template")
+    settings = make_settings(base, nested_repeats=3)
+    return base, train_version(settings, open_registry(settings)).version
+
+
+def trained_copy(template: tuple[Path, str], dest: Path, **overrides: object) -> tuple[Settings, str]:
+    """A copy of ``trained_template`` in ``dest``: its settings (3 nested repeats) and version."""
+    base, version = template
+    copy_tree(base, dest)
+    return make_settings(dest, nested_repeats=3, **overrides), version
