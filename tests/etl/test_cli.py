@@ -91,7 +91,7 @@ def test_cli_models_lists_versions_with_status(workdir: Path):
     served = _served(workdir)
     assert out["served_version"] == served
     assert [(m["version"], m["status"], m["served"]) for m in out["models"]] == [(served, "passed", True)]
-    assert out["models"][0]["recall"] >= 0.95
+    assert out["models"][0]["metrics"]["recall"] >= 0.95
 
 
 def test_cli_models_empty_registry(tmp_path: Path):

@@ -15,7 +15,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.preprocessing import StandardScaler
 
-import etl.pipeline
+import etl.training
 from etl.features import FEATURE_COLUMNS
 from etl.pipeline import open_registry, train_version
 from etl.scorer import check_parity, parity_rows
@@ -166,7 +166,7 @@ def test_nested_cv_scores_each_row_once_per_repeat_with_a_procedure_that_never_s
 
 
 def test_train_version_threshold_ignores_the_test_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    real_split = etl.pipeline.split_train_test
+    real_split = etl.training.split_train_test
 
     def split_with_other_test_rows(frame: pd.DataFrame, **kwargs: object):
         train, test = real_split(frame, **kwargs)  # type: ignore[arg-type]
@@ -176,7 +176,7 @@ def test_train_version_threshold_ignores_the_test_rows(tmp_path: Path, monkeypat
 
     settings_a = make_settings(tmp_path / "a", nested_repeats=1)
     first = train_version(settings_a, open_registry(settings_a))
-    monkeypatch.setattr(etl.pipeline, "split_train_test", split_with_other_test_rows)
+    monkeypatch.setattr(etl.training, "split_train_test", split_with_other_test_rows)
     settings_b = make_settings(tmp_path / "b", nested_repeats=1)
     second = train_version(settings_b, open_registry(settings_b))
 
