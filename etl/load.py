@@ -25,17 +25,6 @@ from etl.validate import PreparedData, load_prepared
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "LoadResult",
-    "check_override_source",
-    "display_source",
-    "is_url",
-    "load_data",
-    "load_with_settings",
-    "prepare_loaded",
-    "source_policy",
-]
-
 _RAW_NAME = re.compile(r"[0-9a-f]{64}\.csv")
 
 
