@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from etl.pipeline import open_registry, train_version
+from etl.pipeline import TrainSummary, open_registry, train_version
 from etl.settings import Settings
 from tests.pipeline_support import copy_tree, make_settings
 
@@ -32,16 +32,18 @@ def fake_clock() -> FakeClock:
 
 
 @pytest.fixture(scope="session")
-def trained_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A folder holding one version trained on the bundled data with the default settings (3 nested repeats),
-    not evaluated: (folder, version). Tests copy it with :func:`trained_copy` instead of training again."""
+def trained_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TrainSummary]:
+    """A folder holding one version trained on the bundled data with the default settings, not evaluated,
+    and its summary. Tests copy it (:func:`trained_copy`) instead of training again."""
     base = tmp_path_factory.mktemp("trained-template")
-    settings = make_settings(base, nested_repeats=3)
-    return base, train_version(settings, open_registry(settings)).version
+    settings = make_settings(base)
+    return base, train_version(settings, open_registry(settings))
 
 
-def trained_copy(template: tuple[Path, str], dest: Path, **overrides: object) -> tuple[Settings, str]:
-    """A copy of ``trained_template`` in ``dest``: its settings (3 nested repeats) and version."""
-    base, version = template
+def trained_copy(
+    template: tuple[Path, TrainSummary], dest: Path, **overrides: object
+) -> tuple[Settings, TrainSummary]:
+    """A copy of ``trained_template`` in ``dest``, with settings rooted there, and the version's summary."""
+    base, trained = template
     copy_tree(base, dest)
-    return make_settings(dest, nested_repeats=3, **overrides), version
+    return make_settings(dest, **overrides), trained
