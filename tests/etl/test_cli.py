@@ -21,7 +21,7 @@ import pytest
 import etl.__main__
 from etl.settings import get_settings
 from tests.conftest import BUNDLED_CSV, BUNDLED_SHA256, ROOT, free_port
-from tests.pipeline_support import copy_tree
+from tests.pipeline_support import QUICK_NESTED, copy_tree
 
 CLEARED_PREFIXES = ("GATE_", "DATA_", "GDRIVE_", "NESTED_")
 
@@ -176,7 +176,8 @@ def test_cli_train_then_rollback(workdir: Path, etl_cli):
     v1 = _served(workdir)
     unchanged = etl_cli(workdir, "train")
     assert unchanged.returncode == 0 and _json(unchanged)["version"] == v1 and _json(unchanged)["unchanged"]
-    trained = etl_cli(workdir, "train", "--force", NESTED_REPEATS="1")  # repeats do not matter here
+    quick = {name.upper(): str(value) for name, value in QUICK_NESTED.items()}  # its figures do not matter
+    trained = etl_cli(workdir, "train", "--force", **quick)
     assert trained.returncode == 0, trained.stderr
     v2 = _json(trained)["version"]
     assert v2 > v1 and _served(workdir) == v1  # training alone does not serve

@@ -11,7 +11,7 @@ import pytest
 from etl.errors import TrainingInProgressError
 from etl.pipeline import evaluate_version, open_registry, train_version
 from tests.etl.conftest import trained_copy
-from tests.pipeline_support import make_settings
+from tests.pipeline_support import QUICK_NESTED, make_settings
 
 
 def test_pipeline_train_then_evaluate_promotes_a_model_that_meets_the_targets(
@@ -63,7 +63,7 @@ def test_pipeline_gate_failure_keeps_the_served_model(tmp_path: Path, bundled_cs
 
 
 def test_pipeline_same_data_settings_and_libraries_train_once(tmp_path: Path, bundled_csv: Path):
-    settings = make_settings(tmp_path, bundled_csv, nested_repeats=1)
+    settings = make_settings(tmp_path, bundled_csv, **QUICK_NESTED)
     registry = open_registry(settings)
     first = train_version(settings, registry)
     again = train_version(settings, registry)
@@ -72,9 +72,7 @@ def test_pipeline_same_data_settings_and_libraries_train_once(tmp_path: Path, bu
     assert registry.versions() == [first.version]
     forced = train_version(settings, registry, force=True)
     assert not forced.unchanged and forced.version != first.version
-    other = train_version(
-        make_settings(tmp_path, bundled_csv, nested_repeats=1, target_recall=0.97), registry
-    )
+    other = train_version(make_settings(tmp_path, bundled_csv, **QUICK_NESTED, target_recall=0.97), registry)
     assert not other.unchanged
     assert registry.versions() == [first.version, forced.version, other.version]
 
