@@ -141,6 +141,21 @@ def remove_folder(path: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
+def remove_leftovers(folder: Path, prefix: str = TMP_PREFIX) -> list[Path]:
+    """Delete what an interrupted write left in ``folder``: every file or folder named ``prefix...``.
+
+    Returns the paths removed.
+    """
+    removed = []
+    for path in folder.glob(f"{prefix}*"):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
 def prune_oldest(paths: Sequence[Path], keep: int, *, protected: Collection[Path] = ()) -> list[Path]:
     """Delete all but the last ``keep`` of ``paths`` (ordered oldest first); ``protected`` ones stay.
 

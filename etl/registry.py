@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -36,7 +35,7 @@ from typing import Any
 import pandas as pd
 
 from etl import atomic
-from etl.atomic import TMP_PREFIX, read_json
+from etl.atomic import read_json
 from etl.errors import (
     ArtifactIntegrityError,
     ModelNotFoundError,
@@ -358,26 +357,19 @@ class Registry:
 
         Returns the paths removed.
         """
-        removed: list[str] = []
+        removed: list[Path] = []
         if self.models_dir.is_dir():
             try:
                 # a staging folder belongs to a training; if one is running (another process), it is not ours
                 with self.training_lock():
-                    for p in self.models_dir.iterdir():
-                        if p.name.startswith(TMP_PREFIX):
-                            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-                            removed.append(str(p))
+                    removed += atomic.remove_leftovers(self.models_dir)
             except TrainingInProgressError:
                 log.info("a training is running in another process: its staging folder is left alone")
             for vdir in self.models_dir.iterdir():
-                if vdir.is_dir():
-                    for tmp in vdir.glob(f"{TMP_PREFIX}*"):
-                        tmp.unlink(missing_ok=True)
-                        removed.append(str(tmp))
+                if is_version(vdir.name) and vdir.is_dir():
+                    removed += atomic.remove_leftovers(vdir)
         if self.root.is_dir():
-            for tmp in self.root.glob(f"{TMP_PREFIX}*"):
-                tmp.unlink(missing_ok=True)
-                removed.append(str(tmp))
+            removed += atomic.remove_leftovers(self.root)
         served = self.served_version()
         if served is not None:
             try:
@@ -398,4 +390,4 @@ class Registry:
                 log.error("served pointer names an unusable version %s: %s", served, exc)
         if removed:
             log.warning("removed %d leftover temporary file(s) from an interrupted run", len(removed))
-        return removed
+        return [str(path) for path in removed]

@@ -156,8 +156,7 @@ def prune_backups(upload_dir: Path, keep: int, *, keep_also: Path | None = None)
     """
     if keep <= 0 or not upload_dir.is_dir():
         return []
-    for leftover in upload_dir.glob(f"{atomic.TMP_PREFIX}pruned-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
+    atomic.remove_leftovers(upload_dir, f"{atomic.TMP_PREFIX}pruned-")
     backups = []
     for path in upload_dir.iterdir():
         match = _BACKUP_NAME.fullmatch(path.name)
