@@ -1,8 +1,7 @@
-"""etl.atomic: files and folders appear whole under their names or not at all; pruning; etl.hashing."""
+"""etl.atomic: files and folders appear whole under their names or not at all; leftovers; pruning."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -10,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from etl import atomic
-from etl.hashing import md5_file, sha256_bytes, sha256_file
 
 
 def _names(folder: Path) -> list[str]:
@@ -91,11 +89,3 @@ def test_atomic_prune_oldest_keeps_the_newest_and_the_protected(tmp_path: Path):
     assert removed == [paths[0], paths[2]]
     assert _names(tmp_path) == ["b1", "b3", "b4"]
     assert atomic.prune_oldest(paths[1:2], 0) == []  # 0 keeps all
-
-
-def test_hashing_digests_match_hashlib_over_the_whole_file(tmp_path: Path):
-    path = tmp_path / "blob"
-    data = os.urandom(2 * (1 << 20) + 11)  # several read chunks
-    path.write_bytes(data)
-    assert sha256_file(path) == hashlib.sha256(data).hexdigest() == sha256_bytes(data)
-    assert md5_file(path) == hashlib.md5(data).hexdigest()
