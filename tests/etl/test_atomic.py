@@ -89,3 +89,18 @@ def test_atomic_prune_oldest_keeps_the_newest_and_the_protected(tmp_path: Path):
     assert removed == [paths[0], paths[2]]
     assert _names(tmp_path) == ["b1", "b3", "b4"]
     assert atomic.prune_oldest(paths[1:2], 0) == []  # 0 keeps all
+
+
+def test_atomic_remove_leftovers_deletes_only_temporary_names(tmp_path: Path):
+    (tmp_path / ".tmp-meta.json.x1").write_text("{")
+    (tmp_path / ".tmp-v1-abc").mkdir()
+    (tmp_path / ".tmp-v1-abc" / "model.json").write_bytes(b"half")
+    (tmp_path / ".tmp-pruned-old").mkdir()
+    (tmp_path / "meta.json").write_text("{}")
+
+    pruned_only = atomic.remove_leftovers(tmp_path, f"{atomic.TMP_PREFIX}pruned-")
+    rest = atomic.remove_leftovers(tmp_path)
+
+    assert [p.name for p in pruned_only] == [".tmp-pruned-old"]
+    assert sorted(p.name for p in rest) == [".tmp-meta.json.x1", ".tmp-v1-abc"]
+    assert _names(tmp_path) == ["meta.json"]
