@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.server
 import json
 import pickle
@@ -17,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from etl.hashing import sha256_file
 from tests.conftest import Service, start_service
 from tests.waiting import wait_until
 
@@ -82,10 +82,6 @@ def start_promoted(workdir: Path, data_url: str, **kwargs: Any) -> tuple[Service
     except BaseException:
         service.stop()
         raise
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def models(service: Service) -> dict[str, Any]:

@@ -19,13 +19,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from etl.hashing import sha256_file
 from etl.registry import Registry
 from tests.conftest import Service, start_service
 from tests.hardening.conftest import (
     TOKEN,
     check_registry_consistent,
     client,
-    sha256_file,
     train_and_promote,
 )
 from tests.hardening.drive import restartable_drive
