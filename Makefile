@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 AIRFLOW_VENV := .airflow-venv
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run serve pipeline stack stack-down test lint typecheck unit system-deps airflow-venv bench clean secrets
+.PHONY: help venv run serve pipeline stack stack-down test lint typecheck unit system-deps airflow-venv bench clean secrets gate-study
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -73,6 +73,9 @@ unit: $(STAMP)  ## fast tests only (no servers)
 test: $(STAMP) system-deps airflow-venv  ## the whole suite: lint, types, unit, integration (real servers), real Airflow
 	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest -q
+
+gate-study: $(STAMP)  ## measure the quality gate's error rates (a study of ~30 min; GATE_STUDY_ARGS=--seeds 10)
+	$(PY) -m etl gate-study $(GATE_STUDY_ARGS)
 
 bench: $(STAMP) system-deps  ## benchmark /predict vs a bare ASGI floor, and /predict/batch (BENCH_ARGS=--help)
 	$(PY) bench/run.py $(BENCH_ARGS)
