@@ -20,7 +20,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
-from etl.settings import Settings
+from app.settings import ServiceSettings
 
 _bearer = HTTPBearer(auto_error=False, description="API_TOKEN, when the service sets one")
 _KEY_SHOWN = 64  # characters of a duplicate key named in the 422
@@ -58,13 +58,13 @@ def require_token(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
     """Pass when API_TOKEN is unset or the bearer token equals it (compared in constant time)."""
-    settings: Settings = request.app.state.settings
+    settings: ServiceSettings = request.app.state.settings
     check_bearer(request, settings.api_token, "API_TOKEN")
 
 
 def require_metrics_token(request: Request) -> None:
     """Pass when METRICS_TOKEN is unset or the bearer token equals it."""
-    settings: Settings = request.app.state.settings
+    settings: ServiceSettings = request.app.state.settings
     check_bearer(request, settings.metrics_token, "METRICS_TOKEN")
 
 
@@ -130,7 +130,7 @@ class TokenRoute(StrictJSONRoute):
         handler = super().get_route_handler()
 
         async def token_first(request: Request) -> Response:
-            settings: Settings = request.app.state.settings
+            settings: ServiceSettings = request.app.state.settings
             check_bearer(request, settings.api_token, "API_TOKEN")
             return await handler(request)
 

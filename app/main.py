@@ -14,12 +14,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import etl
 from app import docs, errors, metrics
+from app.deps import get_settings
 from app.fastpath import PredictFastPath
 from app.routes import protected, router
+from app.settings import ServiceSettings
 from app.state import ModelHolder
 from etl.logger import setup_logging
 from etl.pipeline import open_registry
-from etl.settings import Settings, settings_or_exit
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +100,9 @@ class _BodyTooLarge(Exception):
     pass
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the service. Tests pass their own ``Settings``; production reads the environment."""
-    settings = settings or settings_or_exit()
+def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+    """Build the service. Tests pass their own ``ServiceSettings``; production reads the environment."""
+    settings = settings or get_settings()
     setup_logging(settings.log_level)
     registry = open_registry(settings)
     holder = ModelHolder(registry)

@@ -33,13 +33,13 @@ from app.schemas import (
     UploadRequest,
     UploadResponse,
 )
+from app.settings import ServiceSettings
 from app.state import ModelHolder
 from etl import pipeline
 from etl.errors import EtlError, NoServedModelError, StorageError
 from etl.evaluate import HEADLINE
 from etl.load import check_override_source
 from etl.registry import Registry
-from etl.settings import Settings
 from etl.upload_results import upload_to_storage
 
 router = APIRouter(route_class=StrictJSONRoute)
@@ -48,8 +48,8 @@ protected = APIRouter(route_class=TokenRoute, dependencies=[Depends(require_toke
 T = TypeVar("T")
 
 
-def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
+def get_settings(request: Request) -> ServiceSettings:
+    settings: ServiceSettings = request.app.state.settings
     return settings
 
 
@@ -58,7 +58,7 @@ def get_holder(request: Request) -> ModelHolder:
     return holder
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
 HolderDep = Annotated[ModelHolder, Depends(get_holder)]
 
 

@@ -14,10 +14,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from app.settings import ServiceSettings
 from etl.features import FEATURE_COLUMNS, FEATURE_NAMES
 from etl.pipeline import open_registry
 from etl.registry import VERSION_RE, Registry
-from etl.settings import Settings
 from tests.conftest import BUNDLED_SHA256, free_port, static_server
 from tests.pipeline_support import (
     build_served_registry,
@@ -36,13 +36,15 @@ BENIGN = instance((5, 1, 1, 1, 2, 1, 3, 1, 1))  # Id 1000025, Class 0
 MALIGNANT = instance((8, 10, 10, 8, 7, 10, 9, 7, 1))  # Id 1017122, Class 1
 
 
-def _settings(base: Path, **overrides: object) -> Settings:
+def _settings(base: Path, **overrides: object) -> ServiceSettings:
     defaults: dict[str, object] = {"api_token": TOKEN, "model_poll_seconds": 0, "download_retries": 0}
-    return make_settings(base, **{**defaults, **overrides})
+    settings = make_settings(base, settings_class=ServiceSettings, **{**defaults, **overrides})
+    assert isinstance(settings, ServiceSettings)
+    return settings
 
 
 @contextlib.contextmanager
-def client_for(settings: Settings) -> Iterator[TestClient]:
+def client_for(settings: ServiceSettings) -> Iterator[TestClient]:
     with TestClient(create_app(settings)) as client:
         yield client
 
@@ -60,7 +62,7 @@ class Served:
         self.base = base
         self.version = version
 
-    def settings(self, **overrides: object) -> Settings:
+    def settings(self, **overrides: object) -> ServiceSettings:
         return _settings(self.base, **overrides)
 
     @property

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.schemas import DataErrorResponse, ValidationErrorResponse
+from app.settings import ServiceSettings
 from tests.pipeline_support import build_served_registry, copy_tree, make_settings
 
 TOKEN = "docs-token-0123456789abcdef"
@@ -30,7 +31,10 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def client(template: Path, tmp_path: Path) -> Iterator[TestClient]:
     """The app over a copy of a registry with one promoted version; no network (no retries, no Drive)."""
     base = copy_tree(template, tmp_path / "svc")
-    settings = make_settings(base, api_token=TOKEN, model_poll_seconds=0, download_retries=0)
+    settings = make_settings(
+        base, settings_class=ServiceSettings, api_token=TOKEN, model_poll_seconds=0, download_retries=0
+    )
+    assert isinstance(settings, ServiceSettings)
     with TestClient(create_app(settings)) as c:
         yield c
 

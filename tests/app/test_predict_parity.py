@@ -25,10 +25,10 @@ from prometheus_client import CollectorRegistry, Histogram
 
 from app import metrics
 from app.main import create_app
+from app.settings import ServiceSettings
 from etl.features import FEATURE_COLUMNS, FEATURE_MAX, FEATURE_MIN, FEATURE_NAMES
 from etl.pipeline import evaluate_version, open_registry, train_version
 from etl.registry import Registry
-from etl.settings import Settings
 from tests.conftest import BUNDLED_CSV
 from tests.pipeline_support import load_artifact, make_settings
 
@@ -36,12 +36,16 @@ TOLERANCE = 1e-9
 ROUTE_JSON = {"Content-Type": "application/problem+json"}  # JSON for FastAPI, not for the fast path
 
 
-def _settings(base: Path, **overrides: Any) -> Settings:
-    return make_settings(base, **{"model_poll_seconds": 0, "api_token": "", **overrides})
+def _settings(base: Path, **overrides: Any) -> ServiceSettings:
+    settings = make_settings(
+        base, settings_class=ServiceSettings, **{"model_poll_seconds": 0, "api_token": "", **overrides}
+    )
+    assert isinstance(settings, ServiceSettings)
+    return settings
 
 
 @contextlib.contextmanager
-def _client(settings: Settings) -> Iterator[TestClient]:
+def _client(settings: ServiceSettings) -> Iterator[TestClient]:
     with TestClient(create_app(settings)) as client:
         yield client
 
