@@ -20,6 +20,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
+from app.middleware import is_json
 from app.settings import ServiceSettings
 
 _bearer = HTTPBearer(auto_error=False, description="API_TOKEN, when the service sets one")
@@ -88,12 +89,6 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-def _is_json(request: Request) -> bool:
-    # FastAPI parses a body as JSON for application/json and application/*+json (app/fastpath.py: _is_json)
-    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
-
-
 class StrictJSONRoute(APIRoute):
     """A route whose JSON body may not repeat a key in any object (422 ``duplicate_key`` naming it)."""
 
@@ -105,7 +100,7 @@ class StrictJSONRoute(APIRoute):
                 body = await request.body()
             except Exception:  # too large (413 already sent) or the client left: FastAPI answers as usual
                 return await handler(request)
-            if body and _is_json(request):
+            if body and is_json(request.scope["headers"]):
                 try:
                     parsed = json.loads(body, object_pairs_hook=_unique_object)
                 except _DuplicateKeyError as exc:

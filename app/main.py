@@ -10,15 +10,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import etl
 from app import docs, errors, metrics
 from app.deps import get_settings
-from app.fastpath import PredictFastPath
+from app.middleware import BodySizeLimit, HttpMetrics, PredictFastPath
 from app.routes import protected, router
+from app.serving import ModelHolder
 from app.settings import ServiceSettings
-from app.state import ModelHolder
 from etl.logger import setup_logging
 from etl.pipeline import open_registry
 
@@ -35,69 +34,6 @@ Cancer data), and retrains, evaluates, promotes and uploads the model on demand.
   `Authorization: Bearer <API_TOKEN>` when the service sets `API_TOKEN`.
 * Errors are JSON `{"detail": ...}`; a 422 names the field (and, in a batch, the instance index).
 """
-
-
-class BodySizeLimit:
-    """Refuse request bodies over ``max_bytes`` with 413, without reading them whole (pure ASGI)."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                if not value.isdigit() or int(value) > self.max_bytes:
-                    await self._reject(send)
-                    return
-                break
-        received = 0
-        rejected = False
-
-        async def limited_receive() -> Message:
-            nonlocal received, rejected
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    # answer 413 here: FastAPI turns any error raised while it reads the body into a 400,
-                    # which guarded_send then drops
-                    if not rejected:
-                        rejected = True
-                        await self._reject(send)
-                    raise _BodyTooLarge
-            return message
-
-        async def guarded_send(message: Message) -> None:
-            if not rejected:
-                await send(message)
-
-        try:
-            await self.app(scope, limited_receive, guarded_send)
-        except _BodyTooLarge:
-            if not rejected:
-                await self._reject(send)
-
-    async def _reject(self, send: Send) -> None:
-        body = b'{"detail":"request body is larger than MAX_BODY_BYTES=%d bytes"}' % self.max_bytes
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
-
-
-class _BodyTooLarge(Exception):
-    pass
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
@@ -154,7 +90,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     # innermost: valid /predict and /predict/batch are answered here, inside the instrumentation
     app.add_middleware(PredictFastPath, holder=holder, max_batch=settings.max_batch)
     # http_* request metrics by route template (the instrumentator's families; /metrics not counted)
-    app.add_middleware(metrics.HttpMetrics, excluded_handlers=("/metrics",))
+    app.add_middleware(HttpMetrics, excluded_handlers=("/metrics",))
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app
 

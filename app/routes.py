@@ -14,7 +14,6 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from app import metrics
 from app.auth import StrictJSONRoute, TokenRoute, require_metrics_token, require_token
 from app.errors import REJECTIONS, error_responses
-from app.fastpath import predict_many, predict_one
 from app.schemas import (
     CurrentModelResponse,
     EvaluateRequest,
@@ -33,8 +32,8 @@ from app.schemas import (
     UploadRequest,
     UploadResponse,
 )
+from app.serving import ModelHolder, batch_too_large, predict_many, predict_one
 from app.settings import ServiceSettings
-from app.state import ModelHolder
 from etl import pipeline
 from etl.errors import EtlError, NoServedModelError, StorageError
 from etl.evaluate import HEADLINE
@@ -105,9 +104,9 @@ async def predict(body: PredictRequest, holder: HolderDep) -> dict[str, Any]:
 )
 def predict_batch(body: PredictBatchRequest, holder: HolderDep, settings: SettingsDep) -> dict[str, Any]:
     """Classify up to MAX_BATCH tumours in one call; predictions come back in request order."""
-    if len(body.instances) > settings.max_batch:
-        msg = f"at most MAX_BATCH={settings.max_batch} instances per request, got {len(body.instances)}"
-        raise RequestValidationError([{"loc": ("body", "instances"), "msg": msg, "type": "too_long"}])
+    refusal = batch_too_large(len(body.instances), settings.max_batch)
+    if refusal:
+        raise RequestValidationError([{"loc": ("body", "instances"), "msg": refusal, "type": "too_long"}])
     model = holder.get()
     return predict_many(model, np.array([inst.row() for inst in body.instances], dtype=float))
 

@@ -1,7 +1,7 @@
 """Exactness of the /predict hot path: the served answers are the stored scikit-learn pipeline's.
 
 Everything goes through the whole ASGI stack (body limit, HTTP metrics, the pure ASGI fast path, FastAPI),
-in-process with the lifespan running: valid requests are answered by ``app.fastpath.PredictFastPath``,
+in-process with the lifespan running: valid requests are answered by ``app.middleware.PredictFastPath``,
 invalid ones are replayed to the FastAPI route. A body sent as ``application/problem+json`` is JSON to
 FastAPI but not to the fast path, which gives the route's own answer to compare the fast path with.
 """
