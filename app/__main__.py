@@ -115,7 +115,8 @@ def main() -> None:
         log.info("%d workers; Prometheus multiprocess files in %s", settings.workers, mp_dir)
     log.info("serving on http://%s:%d (docs at /docs)", settings.host, settings.port)
     uvicorn.run(
-        "app.main:app",
+        "app.main:create_app",
+        factory=True,
         host=settings.host,
         port=settings.port,
         workers=settings.workers,

@@ -1,4 +1,5 @@
-"""The FastAPI application: factory, lifespan (load the served model), middleware and metrics."""
+"""The FastAPI application: the factory ``create_app``, its lifespan (load the served model, follow
+promotions), and how the routes, error handlers, docs pages and middlewares are put together."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import FastAPI
 
@@ -15,7 +15,7 @@ import etl
 from app import docs, errors, metrics
 from app.deps import get_settings
 from app.middleware import BodySizeLimit, HttpMetrics, PredictFastPath
-from app.routes import protected, router
+from app.routes import router
 from app.serving import ModelHolder
 from app.settings import ServiceSettings
 from etl.logger import setup_logging
@@ -37,7 +37,12 @@ Cancer data), and retrains, evaluates, promotes and uploads the model on demand.
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
-    """Build the service. Tests pass their own ``ServiceSettings``; production reads the environment."""
+    """Build the service: ``uvicorn --factory app.main:create_app`` (``python -m app`` runs that).
+
+    Without ``settings`` it reads the environment (``app.deps.get_settings``). With them (the tests) its
+    routes get those: they become the override of ``get_settings`` for this app.
+    """
+    given = settings is not None
     settings = settings or get_settings()
     setup_logging(settings.log_level)
     registry = open_registry(settings)
@@ -79,12 +84,11 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         docs_url=None,  # app.docs serves /docs and /redoc with local assets (FastAPI's load them from CDNs)
         redoc_url=None,
     )
-    app.state.settings = settings
-    app.state.registry = registry
+    if given:
+        app.dependency_overrides[get_settings] = lambda: settings
     app.state.holder = holder
     errors.install(app)
     app.include_router(router)
-    app.include_router(protected)
     docs.install(app)
     metrics.init_labels()
     # innermost: valid /predict and /predict/batch are answered here, inside the instrumentation
@@ -93,10 +97,3 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.add_middleware(HttpMetrics, excluded_handlers=("/metrics",))
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app
-
-
-def __getattr__(name: str) -> Any:
-    # `uvicorn app.main:app` builds the app on first access, so importing this module has no side effects
-    if name == "app":
-        return create_app()
-    raise AttributeError(name)

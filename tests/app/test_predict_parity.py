@@ -175,8 +175,8 @@ def test_fast_path_answers_valid_requests_without_the_route(
     def route_called(*args: object) -> None:
         raise AssertionError("the FastAPI route answered a valid request")
 
-    monkeypatch.setattr("app.routes.predict_one", route_called)
-    monkeypatch.setattr("app.routes.predict_many", route_called)
+    monkeypatch.setattr("app.routes.predict.predict_one", route_called)
+    monkeypatch.setattr("app.routes.predict.predict_many", route_called)
     row = (5, 1, 1, 1, 2, 1, 3, 1, 1)
     assert client.post("/predict", json=_body(row)).status_code == 200
     assert client.post("/predict", json=_body(row, FEATURE_COLUMNS)).status_code == 200

@@ -22,7 +22,6 @@ from tests.conftest import ROOT
 ENTRY_POINTS = {
     "etl-cli": ["-m", "etl", "models"],
     "python-m-app": ["-m", "app"],
-    "uvicorn-app": ["-m", "uvicorn", "app.main:app", "--port", "0"],
     "uvicorn-factory": ["-m", "uvicorn", "--factory", "app.main:create_app", "--port", "0"],
 }
 PIPELINE_ONLY = {"etl-cli"}  # entry points that read etl.settings.Settings, not the service's
