@@ -45,7 +45,15 @@ def status_for(exc: e.EtlError) -> int:
     return 500
 
 
+NO_MODEL_DETAIL = (
+    "no model is served yet: train and evaluate one (POST /train, then POST /evaluate), "
+    "or run `python -m etl run`"
+)
+
+
 def detail_for(exc: e.EtlError) -> str:
+    if isinstance(exc, e.NoServedModelError):
+        return NO_MODEL_DETAIL  # etl's message names the CLI; here, the routes too
     if isinstance(exc, e.StorageError):
         backup = f"; the local backup is intact at {exc.backup_dir}" if exc.backup_dir else ""
         return f"upload failed at step '{exc.step}' after {exc.retries} retries: {exc}{backup}"

@@ -25,7 +25,8 @@ imports nothing from the project, so any Airflow 3 with `apache-airflow-provider
 `{"conn_type": "http", "host": "127.0.0.1", "port": 8000, "schema": "http", "password": "<API_TOKEN>"}`;
 the password is sent as `Authorization: Bearer <password>` (no header when it is empty).
 
-**Params**: `data_url` (optional CSV URL overriding the service's `DATA_URL`), `promote` (default true).
+**Params**: `data_url` (optional CSV URL overriding the service's `DATA_URL`), `promote` (default true),
+`force` (default false: train even when nothing changed since an existing version).
 
 **Environment** (read when the file is parsed; no I/O): `ML_PIPELINE_SCHEDULE` (default `@weekly`;
 `None` for manual runs only), `ML_PIPELINE_RETRY_DELAY_SECONDS` (300), `ML_PIPELINE_POKE_INTERVAL_SECONDS`
@@ -381,6 +382,11 @@ with DAG(
             description="CSV URL to train on instead of the service's DATA_URL (empty: the service's own)",
         ),
         "promote": Param(True, type="boolean", description="Serve the new version if it passes the gate"),
+        "force": Param(
+            False,
+            type="boolean",
+            description="Train even when the data, settings and libraries equal an existing version's",
+        ),
     },
     default_args={
         "owner": "ml-platform",
@@ -412,7 +418,7 @@ with DAG(
         method="POST",
         auth_type=BearerTokenAuth,
         headers=JSON_HEADERS,
-        data='{"data_url": {{ params.data_url | tojson }}}',
+        data='{"data_url": {{ params.data_url | tojson }}, "force": {{ params.force | tojson }}}',
         extra_options={"check_response": False, "timeout": (CONNECT_TIMEOUT, 1800)},
         response_check=check_train,
         response_filter=trained_version,

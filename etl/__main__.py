@@ -17,10 +17,16 @@ from typing import Any
 
 from etl.errors import EtlError
 from etl.logger import setup_logging
-from etl.pipeline import evaluate_version, open_registry, train_version
+from etl.pipeline import (
+    evaluate_version,
+    list_models,
+    open_registry,
+    run_all,
+    train_version,
+    upload_to_storage,
+)
 from etl.registry import Registry
 from etl.settings import Settings, settings_or_exit
-from etl.upload_results import upload_to_storage
 
 log = logging.getLogger("etl")
 
@@ -30,13 +36,9 @@ def _print(obj: Any) -> None:
 
 
 def cmd_load(settings: Settings, registry: Registry, args: argparse.Namespace) -> int:
-    from etl.load import prepare_loaded
-    from etl.pipeline import load_with_settings
+    from etl.load import load_and_prepare
 
-    loaded = load_with_settings(settings, args.data_url or settings.data_url)
-    prepared = prepare_loaded(
-        loaded, registry, max_rows=settings.max_data_rows, raw_retention=settings.raw_retention
-    )
+    loaded, prepared = load_and_prepare(settings, registry, args.data_url)
     _print({**loaded.to_dict(), "rows": vars(prepared.counts), "classes": prepared.class_counts})
     return 0
 
@@ -65,38 +67,17 @@ def cmd_upload(settings: Settings, registry: Registry, args: argparse.Namespace)
 
 
 def cmd_models(settings: Settings, registry: Registry, args: argparse.Namespace) -> int:
-    served = registry.served_version()
-    rows = []
-    for version in registry.versions():
-        metrics = registry.read_metrics(version) or {}
-        rows.append(
-            {
-                "version": version,
-                "status": registry.status(version),
-                "served": version == served,
-                **{k: metrics.get(k) for k in ("accuracy", "precision", "recall", "f1", "roc_auc")},
-            }
-        )
-    _print({"served_version": served, "models": rows})
+    _print(list_models(registry))
     return 0
 
 
 def cmd_reference(settings: Settings, registry: Registry, args: argparse.Namespace) -> int:
-    from etl.reference import load_reference, reference_from_file, write_reference
+    from etl.reference import load_reference, reference_from_file, seed_reference
 
     if args.action == "set":
-        if not args.path:
-            raise EtlError("reference set needs the path of a CSV with the dataset's columns")
         reference = reference_from_file(settings.results_dir, Path(args.path))
     elif args.action == "reset":
-        from etl.reference import seed_frame
-        from etl.settings import BUNDLED_DATA_PATH
-        from etl.validate import load_prepared
-
-        clean = load_prepared(BUNDLED_DATA_PATH).frame
-        reference = write_reference(
-            settings.results_dir, seed_frame(clean), f"seeded from the bundled {BUNDLED_DATA_PATH.name}"
-        )
+        reference = seed_reference(settings.results_dir)
     else:
         loaded = load_reference(settings.results_dir)
         if loaded is None:
@@ -120,45 +101,7 @@ def cmd_gate_study(settings: Settings, registry: Registry, args: argparse.Namesp
 
 
 def cmd_run(settings: Settings, registry: Registry, args: argparse.Namespace) -> int:
-    """Train, evaluate (promote if the gate passes) and back up; with --serve-fallback a failure is not fatal
-    when an earlier promoted model exists."""
-    registry.recover()
-    try:
-        trained = train_version(settings, registry, args.data_url)
-        status = registry.status(trained.version)
-        if trained.unchanged and status != "trained":
-            log.info(
-                "data unchanged since version %s (%s): nothing to evaluate or upload", trained.version, status
-            )
-            _print({"version": trained.version, "unchanged": True, "status": status})
-            return 0
-        evaluated = evaluate_version(settings, registry, trained.version, promote=True)
-        if not evaluated.gate.passed:
-            raise EtlError(
-                f"version {trained.version} failed the quality gate: " + "; ".join(evaluated.gate.reasons)
-            )
-        uploaded = upload_to_storage(trained.version, registry=registry, settings=settings)
-    except EtlError as exc:
-        served = registry.served_version()
-        if args.serve_fallback and served is not None:
-            log.error("pipeline failed: %s", exc)
-            log.warning("serving the earlier promoted version %s instead", served)
-            return 0
-        raise
-    _print(
-        {
-            "version": trained.version,
-            "rows": trained.rows,
-            "metrics": {
-                k: evaluated.metrics[k] for k in ("accuracy", "precision", "recall", "f1", "roc_auc")
-            },
-            "unchanged": trained.unchanged,
-            "nested": {k: v["mean"] for k, v in trained.nested["metrics"].items()},
-            "promoted": evaluated.promoted,
-            "backup_dir": uploaded.backup_dir,
-            "drive": uploaded.drive,
-        }
-    )
+    _print(run_all(settings, registry, args.data_url, serve_fallback=args.serve_fallback).to_dict())
     return 0
 
 
@@ -213,7 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "reference" and args.action == "set" and not args.path:
+        parser.error("reference set needs the path of a CSV with the dataset's columns")
     try:
         settings = settings_or_exit()
     except SystemExit as exc:  # a bad setting, already reported without its value

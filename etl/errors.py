@@ -1,4 +1,5 @@
-"""Typed errors raised by the pipeline; the service maps each to an HTTP status in one place."""
+"""Typed errors raised by the pipeline; a caller (the CLI, the service's app/errors.py) decides in one place
+what each means to its users."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ class EtlError(Exception):
 
 
 class DataSourceError(EtlError):
-    """The data source could not be reached or answered with an HTTP error (an upstream fault)."""
+    """The data source could not be reached or answered with an error status (an upstream fault)."""
 
 
 class DataFormatError(EtlError):
@@ -31,10 +32,7 @@ class ModelNotFoundError(EtlError):
 class NoServedModelError(EtlError):
     """No version has been promoted yet, so there is nothing to serve."""
 
-    HINT = (
-        "no model is served yet: train and evaluate one (POST /train, then POST /evaluate), "
-        "or run `python -m etl run`"
-    )
+    HINT = "no model is served yet: train and evaluate one, or run `python -m etl run`"
 
     def __init__(self, message: str = HINT) -> None:
         super().__init__(message)
@@ -75,4 +73,4 @@ class StorageError(EtlError):
 class DriveConfigError(StorageError):
     """Google Drive is configured wrongly, so retrying cannot help: the credentials file is missing or not a
     Google credential, the folder is not found or not shared with the account, or the account has no storage
-    quota. A StorageError (502, with ``step`` and ``backup_dir``) whose message says what to fix."""
+    quota. A StorageError (with ``step`` and ``backup_dir``) whose message says what to fix."""

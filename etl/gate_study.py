@@ -1,8 +1,8 @@
 """``python -m etl gate-study``: how often the quality gate decides wrong, both ways, measured.
 
-Every candidate is trained by the real procedure (``pipeline.train_on``) on the bundled data, with the
-default reference set excluded, and judged by the real gate (``pipeline.judge``) alone and against a served
-model (an honest retrain with RANDOM_SEED 42), exactly as ``POST /evaluate`` would judge it.
+Every candidate is trained by the real procedure (``training.train_on``) on the bundled data, with the
+default reference set excluded, and judged by the real gate (``judging.judge``) alone and against a served
+model (an honest retrain with RANDOM_SEED 42), exactly as the evaluate step would judge it.
 
 Scenarios, each over RANDOM_SEED 0..N-1:
 
@@ -30,10 +30,12 @@ import pandas as pd
 
 from etl.features import FEATURE_COLUMNS, TARGET_COLUMN
 from etl.gate import GateRule
-from etl.pipeline import gate_rule, judge, train_on
+from etl.hashing import sha256_bytes
+from etl.judging import gate_rule, judge
 from etl.reference import ReferenceSet, seed_frame
 from etl.scorer import LinearModel
 from etl.settings import BUNDLED_DATA_PATH, Settings
+from etl.training import train_on
 from etl.validate import load_prepared
 
 SERVED_SEED = 42
@@ -200,11 +202,9 @@ def run_study(settings: Settings, *, seeds: int = 50, sequences: int = 2000, job
     started = time.monotonic()
     clean = load_prepared(BUNDLED_DATA_PATH).frame
     reference_frame = seed_frame(clean)
-    import hashlib
-
     reference = ReferenceSet(
         reference_frame,
-        hashlib.sha256(reference_frame.to_csv(index=False).encode()).hexdigest(),
+        sha256_bytes(reference_frame.to_csv(index=False).encode()),
         "seeded from the bundled data",
     )
     processes = jobs or os.cpu_count() or 1

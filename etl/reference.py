@@ -13,7 +13,6 @@ By default it is seeded from the bundled dataset: one patient-grouped, stratifie
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,9 +21,11 @@ from typing import Any
 
 import pandas as pd
 
+from etl import atomic
 from etl.errors import ArtifactIntegrityError, DataValidationError
 from etl.features import EXPECTED_COLUMNS, ID_COLUMN, TARGET_COLUMN
-from etl.io import read_json, write_bytes_atomic, write_json_atomic
+from etl.hashing import sha256_bytes
+from etl.settings import BUNDLED_DATA_PATH
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +78,10 @@ def write_reference(results_dir: Path, frame: pd.DataFrame, source: str) -> Refe
     """Store ``frame`` (clean rows) as the reference set and pin its sha256."""
     _check(frame)
     data = _serialise(frame)
-    digest = hashlib.sha256(data).hexdigest()
+    digest = sha256_bytes(data)
     csv_path, pin_path = _paths(results_dir)
-    write_bytes_atomic(csv_path, data)
-    write_json_atomic(
+    atomic.write_bytes(csv_path, data)
+    atomic.write_json(
         pin_path,
         {
             "sha256": digest,
@@ -111,14 +112,14 @@ def load_reference(results_dir: Path) -> ReferenceSet | None:
     csv_path, pin_path = _paths(results_dir)
     if not pin_path.is_file():
         return None
-    pin = read_json(pin_path)
+    pin = atomic.read_json(pin_path)
     try:
         data = csv_path.read_bytes()
     except FileNotFoundError:
         raise ArtifactIntegrityError(
             f"the reference set {csv_path} is missing but pinned in {pin_path}"
         ) from None
-    digest = hashlib.sha256(data).hexdigest()
+    digest = sha256_bytes(data)
     if digest != pin.get("sha256"):
         raise ArtifactIntegrityError(
             f"the reference set {csv_path} does not match the sha256 pinned in {pin_path}; it was changed "
@@ -128,15 +129,18 @@ def load_reference(results_dir: Path) -> ReferenceSet | None:
     return ReferenceSet(frame, digest, str(pin.get("source", "")))
 
 
-def ensure_reference(results_dir: Path, default_source: Path) -> ReferenceSet:
-    """The pinned reference set; on first use, seed it from ``default_source`` (the bundled CSV)."""
-    existing = load_reference(results_dir)
-    if existing is not None:
-        return existing
+def seed_reference(results_dir: Path, source: Path = BUNDLED_DATA_PATH) -> ReferenceSet:
+    """Pin the default reference set, seeded from ``source`` (the bundled CSV)."""
     from etl.validate import load_prepared
 
-    clean = load_prepared(default_source).frame
-    return write_reference(results_dir, seed_frame(clean), f"seeded from the bundled {default_source.name}")
+    clean = load_prepared(source).frame
+    return write_reference(results_dir, seed_frame(clean), f"seeded from the bundled {source.name}")
+
+
+def ensure_reference(results_dir: Path) -> ReferenceSet:
+    """The pinned reference set; on first use, seed it from the bundled CSV."""
+    existing = load_reference(results_dir)
+    return existing if existing is not None else seed_reference(results_dir)
 
 
 def reference_from_file(results_dir: Path, path: Path) -> ReferenceSet:

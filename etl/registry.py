@@ -1,4 +1,4 @@
-"""Model versions on disk, atomic writes, integrity checks and the pointer to the served version.
+"""Model versions on disk: writing them whole, checking their integrity, the pointer to the served one.
 
 Layout under RESULTS_DIR::
 
@@ -13,22 +13,19 @@ Layout under RESULTS_DIR::
     current.json                          {"version": ...}: the served version (switched by an atomic rename)
     model.joblib, metrics.json            copies of the served version's files (the seed's paths)
 
-A version folder is built under ``models/.tmp-<version>`` and renamed into place only when complete, so a
-crash never leaves a half-written version that looks real. Nothing here unpickles: the service loads
-``model.json``, checked against its HMAC signature (etl/signing.py) before it is parsed.
+A version folder is built under ``models/.tmp-<version>-...`` and renamed into place only when complete
+(etl/atomic.py), so a crash never leaves a half-written version that looks real. Nothing here unpickles: the
+service loads ``model.json``, checked against its HMAC signature (etl/signing.py) before it is parsed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import io
 import json
 import logging
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -37,6 +34,8 @@ from typing import Any
 
 import pandas as pd
 
+from etl import atomic
+from etl.atomic import read_json
 from etl.errors import (
     ArtifactIntegrityError,
     ModelNotFoundError,
@@ -45,7 +44,8 @@ from etl.errors import (
     NotServableError,
     TrainingInProgressError,
 )
-from etl.io import TMP_PREFIX, copy_atomic, fsync_dir, read_json, sha256_file, write_json_atomic
+from etl.hashing import sha256_bytes, sha256_file
+from etl.locks import LockBusyError, file_lock
 from etl.scorer import LinearModel
 from etl.signing import sign, verify
 
@@ -60,7 +60,7 @@ REQUIRED_FILES = (MODEL_JSON, MODEL_FILE, HOLDOUT_FILE)
 def new_version_name(salt: str, now: datetime | None = None) -> str:
     """``YYYYMMDDTHHMMSSZ-<8 hex>``: sortable by time, unique through the hash of salt and clock."""
     now = now or datetime.now(UTC)
-    digest = hashlib.sha256(f"{salt}:{time.time_ns()}:{os.getpid()}".encode()).hexdigest()[:8]
+    digest = sha256_bytes(f"{salt}:{time.time_ns()}:{os.getpid()}".encode())[:8]
     return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{digest}"
 
 
@@ -71,6 +71,13 @@ def is_version(name: object) -> bool:
 def gate_passed(metrics: dict[str, Any] | None) -> bool:
     """Whether a version's metrics.json records a passed quality gate."""
     return bool(metrics and (metrics.get("quality_gate") or {}).get("passed"))
+
+
+def status_of(metrics: dict[str, Any] | None) -> str:
+    """A version's status from its metrics.json: ``trained`` (none yet), ``passed`` or ``rejected``."""
+    if metrics is None:
+        return "trained"
+    return "passed" if gate_passed(metrics) else "rejected"
 
 
 class Registry:
@@ -135,27 +142,20 @@ class Registry:
 
     # -- locks -----------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _flock(self, name: str, *, blocking: bool) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / name, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
+    def training_lock(self) -> Iterator[None]:
+        """Held for a whole training; a second trainer (thread or process) gets TrainingInProgressError."""
+        with contextlib.ExitStack() as held:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-            except BlockingIOError:
+                held.enter_context(file_lock(self.root / ".train.lock", blocking=False))
+            except LockBusyError:
                 raise TrainingInProgressError(
                     "a training is already running; wait for it to finish and try again"
                 ) from None
             yield
-        finally:
-            os.close(fd)  # closing the descriptor releases the lock
-
-    def training_lock(self) -> contextlib.AbstractContextManager[None]:
-        """Held for a whole training; a second trainer (thread or process) gets TrainingInProgressError."""
-        return self._flock(".train.lock", blocking=False)
 
     def write_lock(self) -> contextlib.AbstractContextManager[None]:
         """Serialises promotions and meta.json rewrites across threads and processes."""
-        return self._flock(".registry.lock", blocking=True)
+        return file_lock(self.root / ".registry.lock")
 
     # -- writing a version -----------------------------------------------------------------------
     def create_version(self, version: str, files: dict[str, bytes], meta: dict[str, Any]) -> Path:
@@ -170,32 +170,20 @@ class Registry:
         missing = [name for name in REQUIRED_FILES if name not in files]
         if missing:
             raise ValueError(f"a version needs {missing}")
-        self.models_dir.mkdir(parents=True, exist_ok=True)
-        staging = self.models_dir / f"{TMP_PREFIX}{version}"
-        final = self.models_dir / version
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        try:
+        with atomic.staging_folder(self.models_dir, version) as staging:
             for name, data in files.items():
-                with (staging / name).open("wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                (staging / name).write_bytes(data)
             meta = {
                 **meta,
                 "version": version,
                 "created_at": meta.get("created_at") or datetime.now(UTC).isoformat(timespec="seconds"),
                 "created_ns": time.time_ns(),
-                "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
+                "files": {name: sha256_bytes(data) for name, data in files.items()},
                 "model_signature": sign(self._signing_key(), files[MODEL_JSON]),
             }
-            write_json_atomic(staging / META_FILE, meta)
-            fsync_dir(staging)
-            os.rename(staging, final)
-            fsync_dir(self.models_dir)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+            atomic.write_json(staging / META_FILE, meta)
+            final = self.models_dir / version
+            atomic.publish_folder(staging, final)
         log.info(
             "registered version %s (model.json signed, sha256 %s)", version, meta["files"][MODEL_JSON][:12]
         )
@@ -210,7 +198,7 @@ class Registry:
         with self.write_lock():
             meta = self.read_meta(version)
             meta.update(fields)
-            write_json_atomic(self.version_dir(version) / META_FILE, meta)
+            atomic.write_json(self.version_dir(version) / META_FILE, meta)
         return meta
 
     def read_metrics(self, version: str) -> dict[str, Any] | None:
@@ -221,10 +209,10 @@ class Registry:
         return metrics
 
     def write_metrics(self, version: str, metrics: dict[str, Any]) -> None:
-        write_json_atomic(self.version_dir(version) / METRICS_FILE, metrics)
+        atomic.write_json(self.version_dir(version) / METRICS_FILE, metrics)
         if version == self.served_version():  # keep results/metrics.json mirroring the served version
             with self.write_lock():
-                copy_atomic(self.version_dir(version) / METRICS_FILE, self.root / METRICS_FILE)
+                atomic.copy_file(self.version_dir(version) / METRICS_FILE, self.root / METRICS_FILE)
 
     # -- reading a version -----------------------------------------------------------------------
     def _verified_bytes(self, version: str, name: str, meta: dict[str, Any]) -> bytes:
@@ -233,7 +221,7 @@ class Registry:
         except FileNotFoundError:
             raise ArtifactIntegrityError(f"version {version} has no {name}") from None
         expected = (meta.get("files") or {}).get(name)
-        actual = hashlib.sha256(data).hexdigest()
+        actual = sha256_bytes(data)
         if actual != expected:
             raise ArtifactIntegrityError(
                 f"{name} of version {version} fails its integrity check: sha256 {actual[:12]}... does not "
@@ -329,10 +317,7 @@ class Registry:
         return version
 
     def status(self, version: str) -> str:
-        metrics = self.read_metrics(version)
-        if metrics is None:
-            return "trained"
-        return "passed" if gate_passed(metrics) else "rejected"
+        return status_of(self.read_metrics(version))
 
     def promote(self, version: str) -> str | None:
         """Make ``version`` the served one; return the previously served version.
@@ -354,7 +339,7 @@ class Registry:
                 )
             self.verify(version)
             previous = self.served_version()
-            write_json_atomic(
+            atomic.write_json(
                 self.pointer,
                 {"version": version, "promoted_at": datetime.now(UTC).isoformat(timespec="seconds")},
             )
@@ -364,34 +349,27 @@ class Registry:
 
     def _mirror(self, version: str) -> None:
         vdir = self.version_dir(version)
-        copy_atomic(vdir / MODEL_FILE, self.root / MODEL_FILE)
-        copy_atomic(vdir / METRICS_FILE, self.root / METRICS_FILE)
+        atomic.copy_file(vdir / MODEL_FILE, self.root / MODEL_FILE)
+        atomic.copy_file(vdir / METRICS_FILE, self.root / METRICS_FILE)
 
     def recover(self) -> list[str]:
         """Clean up after a crash: drop staging folders and temp files, re-sync the served mirrors.
 
         Returns the paths removed.
         """
-        removed: list[str] = []
+        removed: list[Path] = []
         if self.models_dir.is_dir():
             try:
                 # a staging folder belongs to a training; if one is running (another process), it is not ours
                 with self.training_lock():
-                    for p in self.models_dir.iterdir():
-                        if p.name.startswith(TMP_PREFIX):
-                            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-                            removed.append(str(p))
+                    removed += atomic.remove_leftovers(self.models_dir)
             except TrainingInProgressError:
                 log.info("a training is running in another process: its staging folder is left alone")
             for vdir in self.models_dir.iterdir():
-                if vdir.is_dir():
-                    for tmp in vdir.glob(f"{TMP_PREFIX}*"):
-                        tmp.unlink(missing_ok=True)
-                        removed.append(str(tmp))
+                if is_version(vdir.name) and vdir.is_dir():
+                    removed += atomic.remove_leftovers(vdir)
         if self.root.is_dir():
-            for tmp in self.root.glob(f"{TMP_PREFIX}*"):
-                tmp.unlink(missing_ok=True)
-                removed.append(str(tmp))
+            removed += atomic.remove_leftovers(self.root)
         served = self.served_version()
         if served is not None:
             try:
@@ -412,4 +390,4 @@ class Registry:
                 log.error("served pointer names an unusable version %s: %s", served, exc)
         if removed:
             log.warning("removed %d leftover temporary file(s) from an interrupted run", len(removed))
-        return removed
+        return [str(path) for path in removed]

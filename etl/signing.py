@@ -13,10 +13,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import secrets
 from pathlib import Path
 
+from etl import atomic
 from etl.errors import ArtifactIntegrityError
 
 log = logging.getLogger(__name__)
@@ -32,21 +32,9 @@ def load_or_create_key(path: Path, *, create: bool = True) -> bytes:
     """
     path = Path(path)
     if not path.exists() and create:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, secrets.token_hex(KEY_BYTES).encode() + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)  # fails if another process made it first: theirs wins
+        made = atomic.create_file(path, secrets.token_hex(KEY_BYTES).encode() + b"\n")  # another may win
+        if made:
             log.warning("made a new model-signing key in %s (keep it with the registry's backups)", path)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink(missing_ok=True)
     try:
         key = path.read_bytes().strip()
     except OSError as exc:

@@ -1,9 +1,10 @@
 """What a data source may be: syntax of a URL or path, canonical hosts, the override policy, a safe display.
 
-``DATA_URL`` is the operator's choice and is trusted with any host. A source named by a caller instead
-(``POST /train {"data_url": ...}``, ``python -m etl train --data-url``) passes :class:`SourcePolicy`: an
-http(s) URL on an allowed host that resolves to public addresses only, or a file under DATA_DIR. The
-download (etl/load.py) applies the same policy to every redirect hop and to the address it connects to.
+``DATA_URL`` is the operator's choice and is trusted with any host. A source named by a caller of the
+train step instead (the service's train request, ``python -m etl train --data-url``) passes
+:class:`SourcePolicy`: an http(s) URL on an allowed host that resolves to public addresses only, or a file
+under DATA_DIR. The download (etl/fetch.py) applies the same policy to every redirect hop and to the
+address it connects to.
 """
 
 from __future__ import annotations

@@ -8,22 +8,19 @@ files already there instead of making copies.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
-import os
 import re
 import shutil
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from etl.drive import DriveResult, RetryPolicy, file_md5, upload_to_drive
+from etl import atomic
+from etl.drive import DriveConfig, DriveResult, drive_config, upload_to_drive
 from etl.errors import ArtifactIntegrityError, NotEvaluatedError, StorageError
-from etl.io import TMP_PREFIX, fsync_dir, prune_oldest
+from etl.hashing import md5_file
+from etl.locks import file_lock
 from etl.registry import METRICS_FILE, MODEL_FILE, Registry
 from etl.settings import Settings
 
@@ -37,7 +34,7 @@ _BACKUP_NAME = re.compile(r"(\d{8}_\d{6})(?:_(\d+))?")  # <stamp> or <stamp>_<n>
 
 @dataclass
 class UploadResult:
-    """The body of ``POST /upload``."""
+    """What an upload did: the local backup, and the Drive upload or why it was skipped."""
 
     version: str
     timestamp: str
@@ -76,14 +73,15 @@ def upload_to_storage(
         StorageError: Drive failed after retries (``DriveConfigError``: misconfigured); ``backup_dir`` says
             where the local backup is.
     """
-    with _upload_lock(registry.root):
+    # one upload at a time across threads and processes: two at once would race to create the Drive folder
+    with file_lock(registry.root / ".upload.lock"):
         vdir = registry.version_dir(version)
         if not (vdir / MODEL_FILE).is_file():
             raise ArtifactIntegrityError(f"version {version} has no {MODEL_FILE}; it cannot be uploaded")
         if not (vdir / METRICS_FILE).is_file():
             raise NotEvaluatedError(
                 f"version {version} has not been evaluated: run evaluate first "
-                f"(POST /evaluate or `python -m etl evaluate {version}`), then upload"
+                f"(`python -m etl evaluate {version}`), then upload"
             )
         stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%d_%H%M%S")
         backup_dir, files = write_backup(vdir, Path(settings.upload_dir), stamp)
@@ -98,7 +96,8 @@ def upload_to_storage(
             ", ".join(f"{f['name']} {f['size']} B" for f in files),
         )
 
-        if not settings.gdrive_folder_id:
+        config = drive_config(settings)
+        if config is None:
             drive: dict[str, Any] = {
                 "status": "skipped",
                 "reason": NOT_CONFIGURED,
@@ -109,23 +108,10 @@ def upload_to_storage(
             }
             log.info("Google Drive upload skipped: %s", NOT_CONFIGURED)
         else:
-            result = _upload_to_drive(version, registry, settings, backup_dir, stamp)
+            result = _upload_to_drive(version, registry, config, backup_dir, stamp)
             drive = {"status": "uploaded", "reason": None} | result.to_dict()
         _record_upload(registry, version, stamp, backup_dir, drive)
         return UploadResult(version, stamp, str(backup_dir), files, drive)
-
-
-@contextlib.contextmanager
-def _upload_lock(root: Path) -> Iterator[None]:
-    """One upload at a time across threads and worker processes: two at once would race to create the
-    version's Drive folder. (A flock belongs to the open file, so two opens conflict even in one process.)"""
-    root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / ".upload.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 def write_backup(vdir: Path, upload_dir: Path, stamp: str) -> tuple[Path, list[dict[str, Any]]]:
@@ -134,41 +120,33 @@ def write_backup(vdir: Path, upload_dir: Path, stamp: str) -> tuple[Path, list[d
     A second backup in the same second gets ``<stamp>_2`` (``_3``, ...) unless the existing folder already
     holds the same bytes, which is then reused.
     """
-    upload_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{stamp}-", dir=upload_dir))
-    try:
+    with atomic.staging_folder(upload_dir, stamp) as staging:
         files: list[dict[str, Any]] = []
         for name in UPLOADED_FILES:
             shutil.copyfile(vdir / name, staging / name)
-            with (staging / name).open("rb+") as fh:
-                os.fsync(fh.fileno())
-            files.append(
-                {"name": name, "size": (staging / name).stat().st_size, "md5": file_md5(staging / name)}
-            )
-        fsync_dir(staging)
-        for n in range(1, 100):
-            dest = upload_dir / (stamp if n == 1 else f"{stamp}_{n}")
-            if dest.exists():
-                if _same_backup(dest, files):
-                    shutil.rmtree(staging)
-                    break
-                continue
-            try:
-                os.rename(staging, dest)
-            except OSError:  # made by a concurrent writer between exists() and rename()
-                continue
-            fsync_dir(upload_dir)
-            break
-        else:
-            raise StorageError(
-                f"could not name a backup folder for {stamp} in {upload_dir}", step="local backup"
-            )
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+            copy = staging / name
+            files.append({"name": name, "size": copy.stat().st_size, "md5": md5_file(copy)})
+        dest = _publish_backup(staging, upload_dir, stamp, files)
     for f in files:
         f["path"] = str(dest / f["name"])
     return dest, files
+
+
+def _publish_backup(staging: Path, upload_dir: Path, stamp: str, files: list[dict[str, Any]]) -> Path:
+    """Rename ``staging`` to the first free ``<stamp>``, ``<stamp>_2``...; an existing folder holding the same
+    bytes is reused instead (``staging`` is then discarded)."""
+    for n in range(1, 100):
+        dest = upload_dir / (stamp if n == 1 else f"{stamp}_{n}")
+        if dest.exists():
+            if _same_backup(dest, files):
+                return dest
+            continue
+        try:
+            atomic.publish_folder(staging, dest)
+        except OSError:  # made by a concurrent writer between exists() and the rename
+            continue
+        return dest
+    raise StorageError(f"could not name a backup folder for {stamp} in {upload_dir}", step="local backup")
 
 
 def prune_backups(upload_dir: Path, keep: int, *, keep_also: Path | None = None) -> list[Path]:
@@ -178,15 +156,14 @@ def prune_backups(upload_dir: Path, keep: int, *, keep_also: Path | None = None)
     """
     if keep <= 0 or not upload_dir.is_dir():
         return []
-    for leftover in upload_dir.glob(f"{TMP_PREFIX}pruned-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
+    atomic.remove_leftovers(upload_dir, f"{atomic.TMP_PREFIX}pruned-")
     backups = []
     for path in upload_dir.iterdir():
         match = _BACKUP_NAME.fullmatch(path.name)
         if match and path.is_dir():
             backups.append((match.group(1), int(match.group(2) or 1), path))
     ordered = [path for _, _, path in sorted(backups)]
-    removed = prune_oldest(ordered, keep, protected={keep_also} if keep_also else set())
+    removed = atomic.prune_oldest(ordered, keep, protected={keep_also} if keep_also else set())
     if removed:
         log.info(
             "BACKUP_RETENTION=%d: removed %d older backup folder(s) from %s", keep, len(removed), upload_dir
@@ -195,13 +172,13 @@ def prune_backups(upload_dir: Path, keep: int, *, keep_also: Path | None = None)
 
 
 def _same_backup(dest: Path, files: list[dict[str, Any]]) -> bool:
-    return all((dest / f["name"]).is_file() and file_md5(dest / f["name"]) == f["md5"] for f in files) and {
+    return all((dest / f["name"]).is_file() and md5_file(dest / f["name"]) == f["md5"] for f in files) and {
         p.name for p in dest.iterdir()
     } == {f["name"] for f in files}
 
 
 def _upload_to_drive(
-    version: str, registry: Registry, settings: Settings, backup_dir: Path, stamp: str
+    version: str, registry: Registry, config: DriveConfig, backup_dir: Path, stamp: str
 ) -> DriveResult:
     previous = registry.read_meta(version).get("drive")
 
@@ -211,21 +188,8 @@ def _upload_to_drive(
     try:
         return upload_to_drive(
             [backup_dir / name for name in UPLOADED_FILES],
-            folder_name=stamp,
-            parent_folder_id=settings.gdrive_folder_id,
-            credentials_path=Path(settings.google_application_credentials),
-            scopes=settings.gdrive_scopes,
-            impersonate=settings.gdrive_impersonate or None,
-            api_endpoint=settings.gdrive_api_endpoint or None,
-            token_uri=settings.gdrive_token_uri or None,
-            ca_bundle=Path(settings.gdrive_ca_bundle) if settings.gdrive_ca_bundle else None,
-            timeout=settings.drive_timeout,
-            retry=RetryPolicy(
-                retries=settings.drive_retries,
-                max_seconds=settings.drive_retry_max_seconds,
-                base_seconds=settings.drive_retry_base_seconds,
-            ),
-            chunk_size=settings.drive_chunk_bytes,
+            stamp,
+            config,
             previous=previous if isinstance(previous, dict) else None,
             on_progress=save,
         )

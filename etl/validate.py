@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 from dataclasses import dataclass, field
@@ -42,8 +41,6 @@ class RowCounts:
     missing_dropped: int
     duplicates_dropped: int
     clean: int
-    train: int = 0
-    test: int = 0
 
 
 @dataclass
@@ -66,7 +63,7 @@ def _lines(rows: pd.Index | list[int]) -> str:
     return "line(s) " + _listed([int(r) + 2 for r in list(rows)])
 
 
-def read_csv(path: Path | io.BytesIO, *, max_rows: int | None = None) -> pd.DataFrame:
+def read_csv(path: Path, *, max_rows: int | None = None) -> pd.DataFrame:
     """Parse the CSV as strings so that every value is checked by us, not guessed by pandas.
 
     Parsing stops after ``max_rows`` + 1 data rows, so an oversized file is refused without reading it all.
@@ -212,10 +209,6 @@ def _describe_schema_errors(exc: SchemaErrors) -> str:
 def load_prepared(path: Path, *, max_rows: int | None = None) -> PreparedData:
     """Read and validate a raw CSV file in one call (at most ``max_rows`` data rows)."""
     return validate_and_preprocess(read_csv(path, max_rows=max_rows))
-
-
-def parse_prepared(data: bytes, *, max_rows: int | None = None) -> PreparedData:
-    return validate_and_preprocess(read_csv(io.BytesIO(data), max_rows=max_rows))
 
 
 def split_train_test(

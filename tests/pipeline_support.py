@@ -17,6 +17,9 @@ from etl.pipeline import evaluate_version, open_registry, train_version
 from etl.settings import Settings
 from tests.conftest import BUNDLED_CSV
 
+# the least nested cross-validation there is: for tests that train but assert none of its figures
+QUICK_NESTED = {"nested_repeats": 1, "nested_folds": 2}
+
 
 def make_settings(
     base: Path,

@@ -110,6 +110,8 @@ def test_dag_settings_match_issue(report: dict[str, Any]) -> None:
     assert dag["params"]["data_url"]["schema"]["type"] == ["null", "string"]
     assert dag["params"]["promote"]["value"] is True
     assert dag["params"]["promote"]["schema"]["type"] == "boolean"
+    assert dag["params"]["force"]["value"] is False
+    assert dag["params"]["force"]["schema"]["type"] == "boolean"
 
 
 @pytest.mark.airflow

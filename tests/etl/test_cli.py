@@ -1,36 +1,55 @@
-"""``python -m etl``: each subcommand as a real subprocess with its state in tmp dirs; exit codes, output."""
+"""``python -m etl``: each subcommand with its state in tmp dirs; exit codes, output, log lines.
+
+One full run is a real ``python -m etl`` subprocess; the other commands call ``etl.__main__.main(argv)`` in
+this process, with the environment and working folder a subprocess would have.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import etl.__main__
 from tests.conftest import BUNDLED_CSV, BUNDLED_SHA256, ROOT, free_port
-from tests.pipeline_support import copy_tree
+from tests.pipeline_support import QUICK_NESTED, copy_tree
+
+CLEARED_PREFIXES = ("GATE_", "DATA_", "GDRIVE_", "NESTED_")
 
 
-def etl_cli(workdir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str  # what the command wrote to stderr, its log lines included
+
+
+def cli_env(workdir: Path, **env: str) -> dict[str, str]:
+    """The settings of a command run in ``workdir``: all state under it, the bundled data, no retries."""
+    return {
+        "DATA_URL": str(BUNDLED_CSV),
+        "DATA_DIR": str(workdir / "data"),
+        "RESULTS_DIR": str(workdir / "results"),
+        "UPLOAD_DIR": str(workdir / "upload"),
+        "DOWNLOAD_RETRIES": "0",
+        **env,
+    }
+
+
+def etl_subprocess(workdir: Path, *args: str, **env: str) -> Ran:
     """Run ``python -m etl ARGS`` with cwd and all state under ``workdir`` (no .env is read)."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("GATE_", "DATA_", "GDRIVE_"))}
-    full_env.update(
-        {
-            "PYTHONPATH": str(ROOT),
-            "DATA_URL": str(BUNDLED_CSV),
-            "DATA_DIR": str(workdir / "data"),
-            "RESULTS_DIR": str(workdir / "results"),
-            "UPLOAD_DIR": str(workdir / "upload"),
-            "DOWNLOAD_RETRIES": "0",
-            **env,
-        }
-    )
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(CLEARED_PREFIXES)}
+    full_env.update({"PYTHONPATH": str(ROOT), **cli_env(workdir, **env)})
     workdir.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(
+    proc = subprocess.run(
         [sys.executable, "-m", "etl", *args],
         cwd=workdir,
         env=full_env,
@@ -38,18 +57,49 @@ def etl_cli(workdir: Path, *args: str, **env: str) -> subprocess.CompletedProces
         text=True,
         timeout=300,
     )
+    return Ran(proc.returncode, proc.stdout, proc.stderr)
 
 
-def _json(proc: subprocess.CompletedProcess[str]) -> Any:
-    assert proc.stdout, proc.stderr
-    return json.loads(proc.stdout)
+@pytest.fixture
+def etl_cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> Callable[..., Ran]:
+    """``etl_cli(workdir, *args, **env)``: ``main(args)`` in this process, as ``etl_subprocess`` would run it.
+
+    Logging is left to pytest's capture (``setup_logging`` would add a handler bound to this test's stderr).
+    """
+
+    def run(workdir: Path, *args: str, **env: str) -> Ran:
+        workdir.mkdir(parents=True, exist_ok=True)
+        with monkeypatch.context() as m:
+            for name in os.environ:
+                if name.startswith(CLEARED_PREFIXES):
+                    m.delenv(name)
+            for name, value in cli_env(workdir, **env).items():
+                m.setenv(name, value)
+            m.chdir(workdir)
+            m.setattr(etl.__main__, "setup_logging", lambda level: None)
+            capsys.readouterr()
+            caplog.clear()
+            with caplog.at_level(logging.INFO):
+                code = etl.__main__.main(list(args))
+            out, err = capsys.readouterr()
+        return Ran(code, out, err + caplog.text)
+
+    return run
+
+
+def _json(ran: Ran) -> Any:
+    assert ran.stdout, ran.stderr
+    return json.loads(ran.stdout)
 
 
 @pytest.fixture(scope="module")
-def ran(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    """One full ``python -m etl run`` with DATA_URL empty (the bundled copy); tests copy its workdir."""
+def ran(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Ran]:
+    """One full ``python -m etl run`` subprocess with DATA_URL empty (the bundled copy); tests copy its
+    workdir."""
     workdir = tmp_path_factory.mktemp("cli-template")
-    return workdir, etl_cli(workdir, "run", DATA_URL="")
+    return workdir, etl_subprocess(workdir, "run", DATA_URL="")
 
 
 @pytest.fixture
@@ -84,23 +134,23 @@ def test_cli_run_trains_evaluates_promotes_and_backs_up(ran):
     assert "train: version" in proc.stderr and "evaluate: version" in proc.stderr  # steps log what they did
 
 
-def test_cli_models_lists_versions_with_status(workdir: Path):
+def test_cli_models_lists_versions_with_status(workdir: Path, etl_cli):
     proc = etl_cli(workdir, "models")
     assert proc.returncode == 0, proc.stderr
     out = _json(proc)
     served = _served(workdir)
     assert out["served_version"] == served
     assert [(m["version"], m["status"], m["served"]) for m in out["models"]] == [(served, "passed", True)]
-    assert out["models"][0]["recall"] >= 0.95
+    assert out["models"][0]["metrics"]["recall"] >= 0.95
 
 
-def test_cli_models_empty_registry(tmp_path: Path):
+def test_cli_models_empty_registry(tmp_path: Path, etl_cli):
     proc = etl_cli(tmp_path, "models")
     assert proc.returncode == 0, proc.stderr
     assert _json(proc) == {"served_version": None, "models": []}
 
 
-def test_cli_evaluate_without_promote_judges_only(workdir: Path):
+def test_cli_evaluate_without_promote_judges_only(workdir: Path, etl_cli):
     served = _served(workdir)
     proc = etl_cli(workdir, "evaluate", "--no-promote")
     assert proc.returncode == 0, proc.stderr
@@ -108,7 +158,7 @@ def test_cli_evaluate_without_promote_judges_only(workdir: Path):
     assert out["version"] == served and out["gate"]["passed"] is True and out["promoted"] is False
 
 
-def test_cli_evaluate_gate_failure_exits_3(workdir: Path):
+def test_cli_evaluate_gate_failure_exits_3(workdir: Path, etl_cli):
     served = _served(workdir)
     proc = etl_cli(workdir, "evaluate", served, "--no-promote", GATE_MIN_RECALL="1.0")
     assert proc.returncode == 3, proc.stderr
@@ -117,11 +167,12 @@ def test_cli_evaluate_gate_failure_exits_3(workdir: Path):
     assert any(r.startswith("recall =") for r in out["gate"]["reasons"])
 
 
-def test_cli_train_then_rollback(workdir: Path):
+def test_cli_train_then_rollback(workdir: Path, etl_cli):
     v1 = _served(workdir)
     unchanged = etl_cli(workdir, "train")
     assert unchanged.returncode == 0 and _json(unchanged)["version"] == v1 and _json(unchanged)["unchanged"]
-    trained = etl_cli(workdir, "train", "--force")
+    quick = {name.upper(): str(value) for name, value in QUICK_NESTED.items()}  # its figures do not matter
+    trained = etl_cli(workdir, "train", "--force", **quick)
     assert trained.returncode == 0, trained.stderr
     v2 = _json(trained)["version"]
     assert v2 > v1 and _served(workdir) == v1  # training alone does not serve
@@ -142,7 +193,7 @@ def test_cli_train_then_rollback(workdir: Path):
     ("version", "expected"),
     [("20200101T000000Z-deadbeef", "does not exist"), ("latest", "is not a model version")],
 )
-def test_cli_rollback_unknown_version_exits_1(workdir: Path, version: str, expected: str):
+def test_cli_rollback_unknown_version_exits_1(workdir: Path, version: str, expected: str, etl_cli):
     served = _served(workdir)
     proc = etl_cli(workdir, "rollback", version)
     assert proc.returncode == 1
@@ -150,7 +201,7 @@ def test_cli_rollback_unknown_version_exits_1(workdir: Path, version: str, expec
     assert _served(workdir) == served
 
 
-def test_cli_load_reports_file_and_counts(tmp_path: Path):
+def test_cli_load_reports_file_and_counts(tmp_path: Path, etl_cli):
     proc = etl_cli(tmp_path, "load")
     assert proc.returncode == 0, proc.stderr
     out = _json(proc)
@@ -162,7 +213,7 @@ def test_cli_load_reports_file_and_counts(tmp_path: Path):
 
 
 @pytest.mark.parametrize("source", ["missing-file", "unreachable-url"])
-def test_cli_load_bad_source_exits_1_naming_data_url(tmp_path: Path, source: str):
+def test_cli_load_bad_source_exits_1_naming_data_url(tmp_path: Path, source: str, etl_cli):
     url = str(tmp_path / "nope.csv") if source == "missing-file" else f"http://127.0.0.1:{free_port()}/x.csv"
     proc = etl_cli(tmp_path, "load", DATA_URL=url)
     assert proc.returncode == 1
@@ -170,7 +221,7 @@ def test_cli_load_bad_source_exits_1_naming_data_url(tmp_path: Path, source: str
     assert shown in proc.stderr and "DATA_URL" in proc.stderr
 
 
-def test_cli_upload_backs_up_served_version(workdir: Path):
+def test_cli_upload_backs_up_served_version(workdir: Path, etl_cli):
     served = _served(workdir)
     proc = etl_cli(workdir, "upload")
     assert proc.returncode == 0, proc.stderr
@@ -179,7 +230,7 @@ def test_cli_upload_backs_up_served_version(workdir: Path):
     assert sorted(p.name for p in Path(out["backup_dir"]).iterdir()) == ["metrics.json", "model.joblib"]
 
 
-def test_cli_run_failure_with_fallback_serves_earlier_model(workdir: Path, tmp_path: Path):
+def test_cli_run_failure_with_fallback_serves_earlier_model(workdir: Path, tmp_path: Path, etl_cli):
     served = _served(workdir)
     proc = etl_cli(workdir, "run", "--serve-fallback", DATA_URL=str(tmp_path / "missing.csv"))
     assert proc.returncode == 0, proc.stderr
@@ -188,14 +239,14 @@ def test_cli_run_failure_with_fallback_serves_earlier_model(workdir: Path, tmp_p
     assert _served(workdir) == served
 
 
-def test_cli_run_failure_without_earlier_model_exits_1(tmp_path: Path):
+def test_cli_run_failure_without_earlier_model_exits_1(tmp_path: Path, etl_cli):
     proc = etl_cli(tmp_path, "run", "--serve-fallback", DATA_URL=str(tmp_path / "missing.csv"))
     assert proc.returncode == 1
     assert "run failed" in proc.stderr and "DATA_URL" in proc.stderr
     assert not (tmp_path / "results" / "current.json").exists()
 
 
-def test_cli_run_bad_data_exits_1_with_validation_message(tmp_path: Path):
+def test_cli_run_bad_data_exits_1_with_validation_message(tmp_path: Path, etl_cli):
     bad = tmp_path / "bad.csv"
     bad.write_text('"Id","Class"\n"1",0\n')
     proc = etl_cli(tmp_path, "run", DATA_URL=str(bad))
@@ -203,7 +254,7 @@ def test_cli_run_bad_data_exits_1_with_validation_message(tmp_path: Path):
     assert "missing column(s)" in proc.stderr
 
 
-def test_cli_invalid_setting_exits_2(tmp_path: Path):
+def test_cli_invalid_setting_exits_2(tmp_path: Path, etl_cli):
     proc = etl_cli(tmp_path, "models", TEST_SIZE="0.9")
     assert proc.returncode == 2
     assert "invalid settings" in proc.stderr and "TEST_SIZE: Input should be less than 0.5" in proc.stderr

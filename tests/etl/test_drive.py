@@ -6,10 +6,10 @@ byte it receives and injects faults. Each test starts its own server and key.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,10 @@ import pytest
 from googleapiclient.errors import HttpError
 from googleapiclient.http import MediaFileUpload
 
-from etl.drive import DriveResult, RetryPolicy, build_drive_service, load_credentials, upload_to_drive
+from etl.drive import DriveConfig, DriveResult, build_drive_service, load_credentials, upload_to_drive
 from etl.errors import DriveConfigError, StorageError
+from etl.hashing import md5_file
+from etl.retry import RetryPolicy
 from tests.drive_server import DriveEnv, StoredFile, drive_env, make_authorized_user_file
 from tests.drive_server.keys import SA_EMAIL
 from tests.drive_server.state import FOLDER_MIME
@@ -47,22 +49,22 @@ def artifacts(tmp_path: Path) -> list[Path]:
     return [model, metrics]
 
 
+CALL_ARGUMENTS = ("folder_name", "previous", "on_progress")
+
+
 def run(drive: DriveEnv, files: list[Path], **overrides: Any) -> DriveResult:
-    kwargs: dict[str, Any] = {
-        "folder_name": STAMP,
-        "parent_folder_id": drive.parent_id,
-        "credentials_path": drive.key_path,
-        "api_endpoint": drive.server.api_endpoint,
-        "ca_bundle": drive.server.ca_bundle,
-        "timeout": 2.0,
-        "retry": RetryPolicy(retries=4, base_seconds=0.01, max_seconds=30),
-        "chunk_size": 256 * 1024,
-    }
-    return upload_to_drive(files, **(kwargs | overrides))
-
-
-def md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
+    """``upload_to_drive`` against the test server; ``overrides`` replace DriveConfig fields or arguments."""
+    call = {k: overrides.pop(k) for k in CALL_ARGUMENTS if k in overrides}
+    config = DriveConfig(
+        parent_folder_id=drive.parent_id,
+        credentials_path=drive.key_path,
+        api_endpoint=drive.server.api_endpoint,
+        ca_bundle=drive.server.ca_bundle,
+        timeout=2.0,
+        retry=RetryPolicy(retries=4, base_seconds=0.01, deadline_seconds=30),
+        chunk_size=256 * 1024,
+    )
+    return upload_to_drive(files, call.pop("folder_name", STAMP), replace(config, **overrides), **call)
 
 
 def stored(drive: DriveEnv, folder_id: str) -> dict[str, list[StoredFile]]:
@@ -81,9 +83,9 @@ def assert_uploaded_once(drive: DriveEnv, result: DriveResult, files: list[Path]
     for path in files:
         (copy,) = in_folder[path.name]
         assert copy.content == path.read_bytes()
-        assert copy.md5 == md5(path)
+        assert copy.md5 == md5_file(path)
     assert [(f.name, f.size, f.md5) for f in result.files] == [
-        (p.name, p.stat().st_size, md5(p)) for p in files
+        (p.name, p.stat().st_size, md5_file(p)) for p in files
     ]
     assert [f.id for f in result.files] == [in_folder[p.name][0].id for p in files]
 
@@ -169,7 +171,7 @@ def test_upload_to_drive_narrow_scope_is_refused_by_the_token_endpoint(
     drive: DriveEnv, artifacts: list[Path]
 ):
     with pytest.raises(DriveConfigError) as info:
-        run(drive, artifacts, scopes=["https://www.googleapis.com/auth/drive.file"])
+        run(drive, artifacts, scopes=("https://www.googleapis.com/auth/drive.file",))
 
     assert info.value.step == "authenticate"
     assert "invalid_scope" in str(info.value)
@@ -271,7 +273,7 @@ def test_upload_to_drive_gives_up_with_a_storage_error_naming_the_step(
     drive.state.inject("upload.chunk", status=503, times=1000)
 
     with pytest.raises(StorageError) as info:
-        run(drive, artifacts, retry=RetryPolicy(retries=3, base_seconds=0.01, max_seconds=30))
+        run(drive, artifacts, retry=RetryPolicy(retries=3, base_seconds=0.01, deadline_seconds=30))
 
     assert not isinstance(info.value, DriveConfigError)
     assert info.value.step == "upload model.joblib"
@@ -344,7 +346,7 @@ def test_upload_to_drive_reuploads_a_file_whose_copy_differs(drive: DriveEnv, ar
     second = run(drive, artifacts, previous=progress[-1])
 
     assert second.skipped == ["model.joblib"]
-    assert second.files[1].md5 == md5(artifacts[1]) and second.files[1].id != first.files[1].id
+    assert second.files[1].md5 == md5_file(artifacts[1]) and second.files[1].id != first.files[1].id
 
 
 def test_upload_to_drive_after_the_recorded_folder_was_deleted_makes_a_new_one(
@@ -482,7 +484,7 @@ def test_drive_server_multipart_upload_stores_the_bytes(drive: DriveEnv, artifac
     )
 
     assert [c["query"]["uploadType"] for c in drive.state.calls_for("upload.multipart")] == ["multipart"]
-    assert created == {"id": created["id"], "size": "700000", "md5Checksum": md5(artifacts[0])}
+    assert created == {"id": created["id"], "size": "700000", "md5Checksum": md5_file(artifacts[0])}
     assert drive.state.files[created["id"]].content == artifacts[0].read_bytes()
 
 

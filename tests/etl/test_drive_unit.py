@@ -1,4 +1,5 @@
-"""etl.drive without a server: reading credentials files, classifying errors, the retry bounds."""
+"""etl.drive without a server: reading credentials files, classifying errors, each step's retry bounds and the
+error that ends it."""
 
 from __future__ import annotations
 
@@ -10,11 +11,16 @@ import pytest
 from google.auth import exceptions as auth_exceptions
 from googleapiclient.errors import HttpError
 
-from etl.drive import RetryPolicy, _Retrier, is_transient, load_credentials, mime_type_of
+from etl.drive import LoadedCredentials, is_transient, load_credentials, mime_type_of
+from etl.drive.errors import Target
+from etl.drive.upload import Steps, drive_retrier
 from etl.errors import DriveConfigError, StorageError
+from etl.retry import RetryPolicy
 from tests.drive_server import DriveState, make_authorized_user_file, make_service_account_key
+from tests.etl.conftest import FakeClock
 
 SCOPES = ["https://www.googleapis.com/auth/drive"]
+SA = "up@proj.iam.gserviceaccount.com"
 EXPECTED = 'expected a Google service-account JSON key ("type": "service_account"'
 
 
@@ -179,7 +185,13 @@ def test_is_transient_classifies_errors(exc: BaseException, expected: bool):
     assert is_transient(exc) is expected
 
 
-def test_retrier_retries_transient_errors_then_succeeds():
+def steps(policy: RetryPolicy, **clock: object) -> Steps:
+    """Drive's step runner as the upload makes it, the retries' clock and sleep under the test's control."""
+    creds = LoadedCredentials(None, "service_account", SA, Path("drive_sa.json"))  # type: ignore[arg-type]
+    return Steps(drive_retrier(policy, **clock), Target("1Parent", creds))
+
+
+def test_drive_steps_retry_transient_errors_then_succeed():
     sleeps: list[float] = []
     outcomes: list[BaseException | str] = [http_error(503), http_error(429), ConnectionResetError(), "ok"]
 
@@ -189,79 +201,67 @@ def test_retrier_retries_transient_errors_then_succeeds():
             raise item
         return item
 
-    retrier = _Retrier(RetryPolicy(retries=5, base_seconds=1.0, max_seconds=100), sleep=sleeps.append)
+    runner = steps(RetryPolicy(retries=5, base_seconds=1.0, deadline_seconds=100), sleep=sleeps.append)
 
-    assert retrier.call("upload model.joblib", flaky) == "ok"
-    assert retrier.retries == 3
+    assert runner.run("upload model.joblib", flaky) == "ok"
+    assert runner.retries == 3
     # exponential with equal jitter: each delay in [base*2^(n-1)/2, base*2^(n-1)]
     assert [0.5 <= sleeps[0] <= 1.0, 1.0 <= sleeps[1] <= 2.0, 2.0 <= sleeps[2] <= 4.0] == [True] * 3
 
 
-def test_retrier_gives_up_after_the_retry_count_with_a_storage_error():
+def test_drive_steps_give_up_after_the_retry_count_with_a_storage_error():
     sleeps: list[float] = []
-    retrier = _Retrier(RetryPolicy(retries=2, base_seconds=0.5, max_seconds=100), sleep=sleeps.append)
+    runner = steps(RetryPolicy(retries=2, base_seconds=0.5, deadline_seconds=100), sleep=sleeps.append)
 
     def down() -> None:
         raise http_error(503)
 
     with pytest.raises(StorageError) as info:
-        retrier.call("create folder", down)
+        runner.run("create folder", down)
 
+    assert not isinstance(info.value, DriveConfigError)
     assert info.value.step == "create folder"
     assert info.value.retries == 2
     assert len(sleeps) == 2
     assert "HTTP 503 backendError" in str(info.value)
 
 
-class FakeClock:
-    """Time that moves only when the retrier sleeps (or a call takes ``cost`` seconds)."""
-
-    def __init__(self, cost: float = 0.0) -> None:
-        self.now = 1000.0
-        self.cost = cost
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
-def test_retrier_gives_up_when_the_time_budget_would_be_exceeded():
-    clock = FakeClock()
-    retrier = _Retrier(
-        RetryPolicy(retries=50, base_seconds=1.0, max_seconds=10.0),
-        sleep=clock.sleep,
-        clock=clock,
-        rand=lambda: 1.0,  # no jitter: delays 1, 2, 4, 8, ...
+def test_drive_steps_give_up_when_the_time_budget_would_be_exceeded(fake_clock: FakeClock):
+    runner = steps(
+        RetryPolicy(retries=50, base_seconds=1.0, deadline_seconds=10.0),
+        sleep=fake_clock.sleep,
+        clock=fake_clock,
+        draw=lambda: 1.0,  # no jitter: delays 1, 2, 4, 8, ...
     )
 
     def down() -> None:
-        clock.now += 0.5  # each attempt takes half a second (a timeout)
+        fake_clock.now += 0.5  # each attempt takes half a second (a timeout)
         raise TimeoutError("timed out")
 
     with pytest.raises(StorageError) as info:
-        retrier.call("list folder", down)
+        runner.run("list folder", down)
 
     # attempts at t=0.5, 2, 4.5, 9: the next delay (8 s) would end past the 10 s budget
-    assert clock.sleeps == [1.0, 2.0, 4.0]
+    assert fake_clock.sleeps == [1.0, 2.0, 4.0]
     assert info.value.retries == 3
     assert "limits 50 retries per step, 10s in all" in str(info.value)
     assert "TimeoutError: timed out" in str(info.value)
 
 
-def test_retrier_does_not_retry_a_permanent_error():
+def test_drive_steps_do_not_retry_a_permanent_error_and_say_what_to_fix():
     sleeps: list[float] = []
-    retrier = _Retrier(RetryPolicy(), sleep=sleeps.append)
+    runner = steps(RetryPolicy(), sleep=sleeps.append)
 
     def forbidden() -> None:
         raise http_error(403, "insufficientFilePermissions")
 
-    with pytest.raises(HttpError):
-        retrier.call("check folder", forbidden)
+    with pytest.raises(DriveConfigError) as info:
+        runner.run("check folder", forbidden)
+    assert isinstance(info.value.__context__, HttpError)
     assert sleeps == []
+    assert info.value.step == "check folder" and info.value.retries == 0
+    message = str(info.value)
+    assert f"GDRIVE_FOLDER_ID=1Parent was not found, or {SA} is not allowed to add files to it" in message
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from etl.gate import (
 )
 from etl.pipeline import evaluate_version, open_registry, train_version
 from tests.conftest import BUNDLED_CSV
+from tests.etl.conftest import trained_copy
 from tests.pipeline_support import make_settings
 
 RULE = GateRule(min_recall=0.95, min_precision=0.90, min_roc_auc=0.98, min_reference_roc_auc=0.90, alpha=0.01)
@@ -175,11 +176,10 @@ def _variant(data_dir: Path, name: str, transform: Any) -> Path:
 
 
 @pytest.fixture(scope="module")
-def served_registry(tmp_path_factory: pytest.TempPathFactory):
+def served_registry(tmp_path_factory: pytest.TempPathFactory, trained_template):
     base = tmp_path_factory.mktemp("gate")
-    settings = make_settings(base)
+    settings, honest = trained_copy(trained_template, base)  # train_version on the bundled data
     registry = open_registry(settings)
-    honest = train_version(settings, registry)
     evaluated = evaluate_version(settings, registry, honest.version)
     return base, settings, registry, honest.version, evaluated
 

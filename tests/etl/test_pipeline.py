@@ -10,16 +10,17 @@ import pytest
 
 from etl.errors import TrainingInProgressError
 from etl.pipeline import evaluate_version, open_registry, train_version
-from tests.pipeline_support import make_settings
+from tests.etl.conftest import trained_copy
+from tests.pipeline_support import QUICK_NESTED, make_settings
 
 
 def test_pipeline_train_then_evaluate_promotes_a_model_that_meets_the_targets(
-    tmp_path: Path, bundled_csv: Path
+    tmp_path: Path, trained_template
 ):
-    settings = make_settings(tmp_path, bundled_csv)
+    settings, trained = trained_copy(trained_template, tmp_path)  # train_version on the bundled data
     registry = open_registry(settings)
 
-    trained = train_version(settings, registry)
+    assert registry.versions() == [trained.version]
     assert registry.served_version() is None  # training alone never serves
     evaluated = evaluate_version(settings, registry, trained.version)
 
@@ -41,11 +42,10 @@ def test_pipeline_train_then_evaluate_promotes_a_model_that_meets_the_targets(
     ).read_bytes()
 
 
-def test_pipeline_gate_failure_keeps_the_served_model(tmp_path: Path, bundled_csv: Path):
-    settings = make_settings(tmp_path, bundled_csv)
+def test_pipeline_gate_failure_keeps_the_served_model(tmp_path: Path, bundled_csv: Path, trained_template):
+    settings, good = trained_copy(trained_template, tmp_path)
     registry = open_registry(settings)
-    good = train_version(settings, registry)
-    evaluate_version(settings, registry, good.version)
+    assert evaluate_version(settings, registry, good.version).promoted
 
     shuffled = pd.read_csv(bundled_csv, dtype=str)
     shuffled["Class"] = np.random.default_rng(0).permutation(shuffled["Class"].to_numpy())
@@ -63,7 +63,7 @@ def test_pipeline_gate_failure_keeps_the_served_model(tmp_path: Path, bundled_cs
 
 
 def test_pipeline_same_data_settings_and_libraries_train_once(tmp_path: Path, bundled_csv: Path):
-    settings = make_settings(tmp_path, bundled_csv, nested_repeats=1)
+    settings = make_settings(tmp_path, bundled_csv, **QUICK_NESTED)
     registry = open_registry(settings)
     first = train_version(settings, registry)
     again = train_version(settings, registry)
@@ -72,17 +72,14 @@ def test_pipeline_same_data_settings_and_libraries_train_once(tmp_path: Path, bu
     assert registry.versions() == [first.version]
     forced = train_version(settings, registry, force=True)
     assert not forced.unchanged and forced.version != first.version
-    other = train_version(
-        make_settings(tmp_path, bundled_csv, nested_repeats=1, target_recall=0.97), registry
-    )
+    other = train_version(make_settings(tmp_path, bundled_csv, **QUICK_NESTED, target_recall=0.97), registry)
     assert not other.unchanged
     assert registry.versions() == [first.version, forced.version, other.version]
 
 
-def test_pipeline_reference_patients_never_reach_training(tmp_path: Path, bundled_csv: Path):
-    settings = make_settings(tmp_path, bundled_csv, nested_repeats=1)
+def test_pipeline_reference_patients_never_reach_training(tmp_path: Path, trained_template):
+    settings, trained = trained_copy(trained_template, tmp_path)
     registry = open_registry(settings)
-    trained = train_version(settings, registry)
     reference = pd.read_csv(settings.results_dir / "reference" / "reference.csv")
     holdout = registry.load_holdout(trained.version)
     nested = registry.load_nested(trained.version)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import etl.registry
+import etl.atomic
 from etl.errors import (
     ArtifactIntegrityError,
     ModelNotFoundError,
@@ -117,7 +117,7 @@ def test_registry_create_version_crash_leaves_no_version(
         Path(str(args[0])).write_bytes(b"{half a meta")
         raise OSError("disk full")
 
-    monkeypatch.setattr(etl.registry, "write_json_atomic", crash)
+    monkeypatch.setattr(etl.atomic, "write_json", crash)
     with pytest.raises(OSError, match="disk full"):
         _create(reg, fitted)
     assert reg.versions() == []

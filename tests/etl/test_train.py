@@ -15,7 +15,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.preprocessing import StandardScaler
 
-import etl.pipeline
+import etl.training
 from etl.features import FEATURE_COLUMNS
 from etl.pipeline import open_registry, train_version
 from etl.scorer import check_parity, parity_rows
@@ -31,7 +31,7 @@ from etl.train import (
 )
 from etl.validate import load_prepared, split_train_test
 from tests.conftest import BUNDLED_CSV
-from tests.pipeline_support import make_settings
+from tests.pipeline_support import QUICK_NESTED, make_settings
 
 
 def brute_force_threshold(y: np.ndarray, proba: np.ndarray, target: float) -> float:
@@ -166,7 +166,7 @@ def test_nested_cv_scores_each_row_once_per_repeat_with_a_procedure_that_never_s
 
 
 def test_train_version_threshold_ignores_the_test_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    real_split = etl.pipeline.split_train_test
+    real_split = etl.training.split_train_test
 
     def split_with_other_test_rows(frame: pd.DataFrame, **kwargs: object):
         train, test = real_split(frame, **kwargs)  # type: ignore[arg-type]
@@ -174,10 +174,10 @@ def test_train_version_threshold_ignores_the_test_rows(tmp_path: Path, monkeypat
         other["Class"] = 1 - other["Class"]  # flipped labels, half the rows
         return train, other
 
-    settings_a = make_settings(tmp_path / "a", nested_repeats=1)
+    settings_a = make_settings(tmp_path / "a", **QUICK_NESTED)
     first = train_version(settings_a, open_registry(settings_a))
-    monkeypatch.setattr(etl.pipeline, "split_train_test", split_with_other_test_rows)
-    settings_b = make_settings(tmp_path / "b", nested_repeats=1)
+    monkeypatch.setattr(etl.training, "split_train_test", split_with_other_test_rows)
+    settings_b = make_settings(tmp_path / "b", **QUICK_NESTED)
     second = train_version(settings_b, open_registry(settings_b))
 
     assert second.rows["test"] == first.rows["test"] // 2  # the patched split really was used

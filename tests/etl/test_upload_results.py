@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from etl.errors import (
     NotEvaluatedError,
     StorageError,
 )
+from etl.hashing import md5_file
 from etl.pipeline import open_registry
 from etl.registry import Registry, new_version_name
 from etl.settings import Settings
@@ -28,10 +28,6 @@ from tests.pipeline_support import make_settings
 
 NOW = datetime(2026, 3, 15, 10, 15, 0, tzinfo=UTC)
 STAMP = "20260315_101500"
-
-
-def md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 def make_version(registry: Registry, *, evaluated: bool = True, recall: float = 0.99) -> str:
@@ -68,7 +64,7 @@ def test_upload_to_storage_without_folder_id_backs_up_locally_and_skips_drive(
             {
                 "name": name,
                 "size": (vdir / name).stat().st_size,
-                "md5": md5(vdir / name),
+                "md5": md5_file(vdir / name),
                 "path": str(backup / name),
             }
             for name in ("model.joblib", "metrics.json")
@@ -209,7 +205,7 @@ def test_upload_to_storage_uploads_to_drive_and_records_ids_in_meta(
     vdir = registry.version_dir(version)
     stored = {f.name: f for f in drive.state.children(folder.id)}
     assert [(f["name"], f["id"], f["md5"]) for f in d["files"]] == [
-        (name, stored[name].id, md5(vdir / name)) for name in ("model.joblib", "metrics.json")
+        (name, stored[name].id, md5_file(vdir / name)) for name in ("model.joblib", "metrics.json")
     ]
     assert all(stored[n].content == (vdir / n).read_bytes() for n in stored)
     meta = registry.read_meta(version)
@@ -253,7 +249,7 @@ def test_upload_to_storage_drive_down_keeps_the_backup_then_a_retry_completes_wi
     assert result.backup_dir == str(settings.upload_dir / "20260315_110000")
     (folder,) = drive.state.children(drive.parent_id, folders=True)
     stored = sorted((f.name, f.md5) for f in drive.state.children(folder.id))
-    assert stored == sorted((n, md5(vdir / n)) for n in ("model.joblib", "metrics.json"))
+    assert stored == sorted((n, md5_file(vdir / n)) for n in ("model.joblib", "metrics.json"))
 
     # and once more: nothing new in Drive
     third = upload_to_storage(version, registry=registry, settings=settings)

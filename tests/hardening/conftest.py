@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.server
 import json
 import pickle
@@ -17,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from etl.hashing import sha256_file
 from tests.conftest import Service, start_service
 from tests.waiting import wait_until
 
@@ -84,10 +84,6 @@ def start_promoted(workdir: Path, data_url: str, **kwargs: Any) -> tuple[Service
         raise
 
 
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def models(service: Service) -> dict[str, Any]:
     r = httpx.get(service.url + "/models", timeout=30)
     assert r.status_code == 200, r.text
@@ -104,7 +100,8 @@ def check_registry_consistent(service: Service) -> dict[str, Any]:
         meta = json.loads((vdir / "meta.json").read_text())
         if m["servable"] or m["served"]:
             assert m["status"] == "passed", m
-            assert sha256_file(vdir / "model.joblib") == meta["model_sha256"], f"{m['version']} fails sha256"
+            for name in ("model.json", "model.joblib"):
+                assert sha256_file(vdir / name) == meta["files"][name], f"{m['version']} {name} fails sha256"
             assert (vdir / "holdout.csv").is_file() and (vdir / "metrics.json").is_file(), m
             metrics = json.loads((vdir / "metrics.json").read_text())
             assert metrics["quality_gate"]["passed"] is True, m

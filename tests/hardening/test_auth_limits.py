@@ -151,7 +151,15 @@ def test_limits_body_under_cap_still_served(service: tuple[Service, str]) -> Non
 def test_secrets_token_never_in_logs_or_responses(tmp_path: Path, bundled_csv: Path) -> None:
     """A whole run with failures, at DEBUG: neither the token nor a near-miss of it is ever echoed."""
     svc = start_service(
-        tmp_path / "svc", data_url=str(bundled_csv), token=TOKEN, extra_env={"LOG_LEVEL": "DEBUG"}
+        tmp_path / "svc",
+        data_url=str(bundled_csv),
+        token=TOKEN,
+        # the failing source below must really be tried (a refused host would log nothing about it)
+        extra_env={
+            "LOG_LEVEL": "DEBUG",
+            "DATA_URL_ALLOWED_HOSTS": "127.0.0.1",
+            "DATA_URL_ALLOW_PRIVATE_NETWORKS": "true",
+        },
     )
     bodies: list[str] = []
     try:

@@ -19,13 +19,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from etl.hashing import sha256_file
 from etl.registry import Registry
 from tests.conftest import Service, start_service
 from tests.hardening.conftest import (
     TOKEN,
     check_registry_consistent,
     client,
-    sha256_file,
     train_and_promote,
 )
 from tests.hardening.drive import restartable_drive
@@ -59,9 +59,13 @@ def _check_after_restart(service: Service) -> str:
     root = service.results_dir
     vdir = root / "models" / served
     meta = json.loads((vdir / "meta.json").read_text())
-    assert sha256_file(vdir / "model.joblib") == meta["model_sha256"], f"served {served} fails sha256"
+    assert sha256_file(vdir / "model.joblib") == meta["files"]["model.joblib"], (
+        f"served {served} fails sha256"
+    )
     # the mirrors of the served version are in sync (recover() re-syncs them after a crash)
-    assert sha256_file(root / "model.joblib") == meta["model_sha256"], "results/model.joblib is stale"
+    assert sha256_file(root / "model.joblib") == meta["files"]["model.joblib"], (
+        "results/model.joblib is stale"
+    )
     assert (root / "metrics.json").read_bytes() == (vdir / "metrics.json").read_bytes(), (
         "results/metrics.json is not the served version's"
     )

@@ -6,13 +6,13 @@ back, /upload completes and Drive holds one folder with one copy of each file, b
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from etl.hashing import md5_file
 from tests.conftest import Service, start_service
 from tests.hardening.conftest import TOKEN, client, train_and_promote
 from tests.hardening.drive import RestartableDrive, restartable_drive
@@ -35,10 +35,6 @@ def service(tmp_path: Path, bundled_csv: Path, drive: RestartableDrive) -> Itera
         yield svc, train_and_promote(svc)
     finally:
         svc.stop()
-
-
-def _md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 def test_upload_drive_down_whole_upload_502_backup_intact_then_completes_once(
@@ -80,7 +76,7 @@ def test_upload_drive_down_whole_upload_502_backup_intact_then_completes_once(
     stored = drive.state.children(folders[0].id)
     assert sorted(f.name for f in stored) == ["metrics.json", "model.joblib"], [f.name for f in stored]
     for f in stored:
-        assert f.md5 == _md5(vdir / f.name), f"{f.name} on Drive differs from the version's file"
+        assert f.md5 == md5_file(vdir / f.name), f"{f.name} on Drive differs from the version's file"
     log = svc.log()
     leaked = [s for s in drive.env.leaked_secrets() if s in log] + ([TOKEN] if TOKEN in log else [])
     assert not leaked, "a key line or token is in the service log"

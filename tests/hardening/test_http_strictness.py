@@ -223,9 +223,8 @@ def test_version_pattern_is_exact(service: tuple[Service, str], variant: str, ro
     else:
         r = httpx.post(svc.url + route, json={"version": name}, headers=AUTH, timeout=60)
     assert r.status_code == 404, r.text
-    assert (
-        r.json()["detail"]
-        == f"{name!r} is not a model version (expected YYYYMMDDTHHMMSSZ-xxxxxxxx; see GET /models)"
+    assert r.json()["detail"].startswith(
+        f"{name!r} is not a model version (expected YYYYMMDDTHHMMSSZ-xxxxxxxx"
     )
     assert _state(svc) == before
 

@@ -14,13 +14,13 @@ import httpx
 import joblib
 import pytest
 
+from etl.hashing import sha256_file
 from tests.conftest import Service, start_service
 from tests.hardening.conftest import (
     PREDICT_BODY,
     TOKEN,
     client,
     malicious_pickle,
-    sha256_file,
     train_and_promote,
     wait_serving,
 )

@@ -18,6 +18,7 @@ from tests.conftest import ROOT, start_service
 from tests.hardening.conftest import TOKEN
 
 FORGED = "2026-01-01 00:00:00,000 INFO etl.registry: promoted version FORGED"
+SHORT_FORGED = "2026-01-01 INFO app: FORGED"
 SCRIPT = r"""
 import logging
 from etl.logger import setup_logging
@@ -72,18 +73,19 @@ def test_logging_service_request_values_cannot_forge_lines(tmp_path: Path, bundl
     try:
         with httpx.Client(base_url=svc.url, headers=svc.auth(), timeout=60) as c:
             for path, body in [
-                # (a NUL in data_url answers 500 until etl/load.py validates it: issue 12, finding 5)
+                # refused by the request model (a 422 that logs nothing)
                 ("/train", {"data_url": f"{data_dir}/missing.csv\n{FORGED}"}),
                 ("/train", {"data_url": f"{data_dir}/missing.csv\r\n{FORGED}"}),
-                ("/evaluate", {"version": f"20260101T000000Z-0123abcd\n{FORGED}"}),
-                ("/upload", {"version": f"x\u2028{FORGED}"}),
+                # versions reach the pipeline (a 404 whose message is logged); at most 64 characters
+                ("/evaluate", {"version": f"20260101T000000Z-0123abcd\n{SHORT_FORGED}"}),
+                ("/upload", {"version": f"x\u2028{SHORT_FORGED}"}),
             ]:
                 r = c.post(path, json=body)
                 assert 400 <= r.status_code < 600 and r.status_code != 500, (path, r.status_code, r.text)
     finally:
         svc.stop()
     log = svc.log()
-    assert not [line for line in log.splitlines() if line.startswith(FORGED)], log[-3000:]
+    assert not [line for line in log.splitlines() if line.startswith((FORGED, SHORT_FORGED))], log[-3000:]
     assert not [line for line in log.splitlines() if "FORGED" in line and not line[:4].isdigit()], log
     assert log.count("FORGED") >= 2, log[-3000:]  # the values were logged, escaped
     assert "uvicorn.error: Application startup complete." in log  # uvicorn logs through the same setup

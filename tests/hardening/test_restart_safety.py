@@ -65,7 +65,8 @@ def test_train_two_at_once_one_409(service: tuple[Service, str], slow_source: Da
     def fire() -> None:
         with client(svc) as c:
             barrier.wait()
-            results.append(c.post("/train", json={"data_url": slow_source.url("/slow.csv")}))
+            # force: the slow source serves the bundled bytes, which an unforced /train finds unchanged
+            results.append(c.post("/train", json={"data_url": slow_source.url("/slow.csv"), "force": True}))
 
     threads = [threading.Thread(target=fire) for _ in range(2)]
     for t in threads:
@@ -87,7 +88,7 @@ def test_train_retry_after_client_timeout_leaves_one_servable_version(
 ) -> None:
     svc, served = service
     before = {m["version"] for m in models(svc)["models"]}
-    body = {"data_url": slow_source.url("/slow.csv")}
+    body = {"data_url": slow_source.url("/slow.csv"), "force": True}  # the bundled bytes: see above
     impatient = httpx.Client(base_url=svc.url, headers=svc.auth(), timeout=0.5)
     with impatient, pytest.raises(httpx.ReadTimeout):
         impatient.post("/train", json=body)

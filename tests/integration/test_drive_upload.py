@@ -7,7 +7,6 @@ upload completes into the same folder without duplicates. No key material or tok
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from etl.hashing import md5_file
 from tests.conftest import Service, start_service
 from tests.drive_server import DriveEnv, drive_env
 
@@ -54,10 +54,6 @@ def train_and_promote(service: Service) -> str:
     return version
 
 
-def md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
 def metric(service: Service, name: str) -> float:
     text = httpx.get(service.url + "/metrics", timeout=10).text
     values = [line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")]
@@ -85,7 +81,7 @@ def test_upload_route_sends_the_served_model_to_drive_once(service: Service, dri
         local = vdir / item["name"]
         assert stored[item["name"]].id == item["id"]
         assert stored[item["name"]].content == local.read_bytes()
-        assert item["md5"] == md5(local) and item["size"] == local.stat().st_size
+        assert item["md5"] == md5_file(local) and item["size"] == local.stat().st_size
 
 
 def test_upload_route_drive_down_is_502_with_step_and_backup_then_completes_without_duplicates(
@@ -118,8 +114,8 @@ def test_upload_route_drive_down_is_502_with_step_and_backup_then_completes_with
     assert again.json()["drive"]["skipped"] == ["model.joblib", "metrics.json"]
     stored = sorted((f.name, f.md5) for f in drive.state.children(folder.id))
     assert stored == [
-        ("metrics.json", md5(vdir / "metrics.json")),
-        ("model.joblib", md5(vdir / "model.joblib")),
+        ("metrics.json", md5_file(vdir / "metrics.json")),
+        ("model.joblib", md5_file(vdir / "model.joblib")),
     ]
 
 

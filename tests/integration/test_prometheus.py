@@ -351,15 +351,17 @@ def _scrape(url: str, name: str, labels: str) -> float:
     return total
 
 
-def _workers_serving(mp_dir: Path, version: str) -> set[str]:
-    """The worker metric files in which bcd_model_info{version} is 1 (each worker writes its own)."""
+def _workers_serving(mp_dir: Path, threshold: float) -> set[str]:
+    """The worker metric files that hold the served model's threshold (each worker writes its own file when
+    it loads a model; bcd_model_info is read at scrape time, not from files). The first model of a fresh
+    service is the only one, so its threshold identifies it."""
     from prometheus_client.mmap_dict import MmapedDict
 
     serving = set()
     for path in mp_dir.glob("gauge_mostrecent_*.db"):
         for key, value, *_ in MmapedDict.read_all_values_from_file(str(path)):
-            name, _, labels, *_ = json.loads(key)
-            if name == "bcd_model_info" and labels.get("version") == version and value == 1:
+            name, *_ = json.loads(key)
+            if name == "bcd_model_threshold_ratio" and value == threshold:
                 serving.add(path.name)
     return serving
 
@@ -380,16 +382,19 @@ def test_metrics_multiworker_counts_every_request(tmp_path: Path) -> None:
 
         wait_until(answers, 60, lambda: f"the service:\n{log.read_text()}", ignore=(httpx.TransportError,))
         auth = {"Authorization": f"Bearer {TOKEN}"}
-        version = httpx.post(url + "/train", json={}, headers=auth, timeout=120).json()["version"]
+        trained = httpx.post(url + "/train", json={}, headers=auth, timeout=120).json()
+        version, threshold = trained["version"], trained["threshold"]
         assert httpx.post(url + "/evaluate", json={"version": version}, headers=auth, timeout=60).json()[
             "promoted"
         ]
         # the worker that promoted serves it at once; the other picks it up from the registry pointer
         # (MODEL_POLL_SECONDS): wait until each worker's own metrics file says it serves this version
         wait_until(
-            lambda: len(_workers_serving(mp_dir, version)) == 2,
+            lambda: len(_workers_serving(mp_dir, threshold)) == 2,
             60,
-            lambda: f"both workers serving {version}: {_workers_serving(mp_dir, version)}\n{log.read_text()}",
+            lambda: (
+                f"both workers serving {version}: {_workers_serving(mp_dir, threshold)}\n{log.read_text()}"
+            ),
             interval=0.1,
         )
 
