@@ -10,8 +10,8 @@ from fastapi import APIRouter
 from app.auth import StrictJSONRoute
 from app.deps import HolderDep
 from app.errors import error_responses
-from app.schemas import CurrentModelResponse, ModelsResponse, ModelSummary
-from etl.evaluate import HEADLINE
+from app.schemas import CurrentModelResponse, ModelsResponse
+from etl import pipeline
 
 router = APIRouter(route_class=StrictJSONRoute, tags=["models"])
 
@@ -19,24 +19,7 @@ router = APIRouter(route_class=StrictJSONRoute, tags=["models"])
 @router.get("/models", response_model=ModelsResponse, summary="List model versions")
 def list_models(holder: HolderDep) -> dict[str, Any]:
     """Every version, oldest first, with its status, key metrics and which one is served."""
-    registry = holder.registry
-    served = registry.served_version()
-    models = []
-    for version in registry.versions():
-        meta = registry.read_meta(version)
-        m = registry.read_metrics(version)
-        status = registry.status(version)
-        models.append(
-            ModelSummary(
-                version=version,
-                created_at=meta.get("created_at"),
-                status=status,
-                servable=status == "passed",
-                served=version == served,
-                metrics={k: float(m[k]) for k in HEADLINE if k in m} if m else None,
-            )
-        )
-    return {"served_version": served, "models": models}
+    return pipeline.list_models(holder.registry)
 
 
 @router.get(
