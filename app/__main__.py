@@ -19,9 +19,8 @@ from pathlib import Path
 
 import uvicorn
 
-from app.deps import get_settings
 from app.server import HTTP_PROTOCOL
-from app.settings import ServiceSettings
+from app.settings import ServiceSettings, get_settings
 from etl.logger import setup_logging
 
 log = logging.getLogger("app")

@@ -1,14 +1,12 @@
 """Every FastAPI dependency of the routes: the settings, the served-model holder, and the bearer tokens.
 
-``get_settings`` reads the environment once per process. An app built with its own settings
-(``create_app(settings)``, as the tests do) answers with those: ``create_app`` installs them as the override
-of ``get_settings``, and a test may replace that override (``app.dependency_overrides[get_settings]``).
+The settings come from ``app.settings.get_settings`` (read once per process) or, for an app built with its
+own settings (``create_app(settings)``, as the tests do), from its override in ``app.dependency_overrides``.
 """
 
 from __future__ import annotations
 
 import hmac
-from functools import lru_cache
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
@@ -16,16 +14,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
 from app.serving import ModelHolder
-from app.settings import ServiceSettings
-from etl.settings import settings_or_exit
+from app.settings import ServiceSettings, get_settings
 
 _bearer = HTTPBearer(auto_error=False, description="API_TOKEN, when the service sets one")
-
-
-@lru_cache
-def get_settings() -> ServiceSettings:
-    """The service's settings from the environment and ``.env``, read once (a bad one: exit 2, naming it)."""
-    return settings_or_exit(ServiceSettings)
 
 
 def settings_for(request: Request) -> ServiceSettings:

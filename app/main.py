@@ -13,11 +13,10 @@ from fastapi import FastAPI
 
 import etl
 from app import docs, errors, metrics
-from app.deps import get_settings
 from app.middleware import BodySizeLimit, HttpMetrics, PredictFastPath
 from app.routes import router
 from app.serving import ModelHolder
-from app.settings import ServiceSettings
+from app.settings import ServiceSettings, get_settings
 from etl.logger import setup_logging
 from etl.pipeline import open_registry
 
@@ -39,7 +38,7 @@ Cancer data), and retrains, evaluates, promotes and uploads the model on demand.
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     """Build the service: ``uvicorn --factory app.main:create_app`` (``python -m app`` runs that).
 
-    Without ``settings`` it reads the environment (``app.deps.get_settings``). With them (the tests) its
+    Without ``settings`` it reads the environment (``app.settings.get_settings``). With them (the tests) its
     routes get those: they become the override of ``get_settings`` for this app.
     """
     given = settings is not None

@@ -1,16 +1,19 @@
 """The web server's settings: the pipeline's (etl/settings.py) plus where and how the service listens, its
-tokens and its request limits. Built once per process and handed to routes by ``app.deps.get_settings``."""
+tokens and its request limits. ``get_settings`` builds them once per process; routes get them through
+``app.deps.SettingsDep``. (Here, not in app/deps.py, so that ``python -m app`` and the HTTP protocol read them
+without importing FastAPI and the model code: a refused start stays quick.)"""
 
 from __future__ import annotations
 
 import itertools
 import math
 from collections import Counter
+from functools import lru_cache
 from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 
-from etl.settings import Settings
+from etl.settings import Settings, settings_or_exit
 
 # what a production token must have (token_weakness); `secrets.token_urlsafe(32)` and `openssl rand -hex 32`
 # always pass (0 of 10,000 of each rejected: tests/hardening/test_listen_policy.py)
@@ -88,3 +91,14 @@ class ServiceSettings(Settings):
                 msg = f"{name} is too weak for ENVIRONMENT=production: {weakness}"
                 raise ValueError(f"{msg}; make one with {HOW_TO_MAKE_ONE}")
         return self
+
+
+@lru_cache
+def get_settings() -> ServiceSettings:
+    """The service's settings from the environment and ``.env``, read once (a bad one: exit 2, naming it).
+
+    The routes' settings dependency: an app built with its own settings (``create_app(settings)``, as the
+    tests do) installs them as the override of this function, and a test may replace that override
+    (``app.dependency_overrides[get_settings]``).
+    """
+    return settings_or_exit(ServiceSettings)

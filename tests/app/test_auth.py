@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from app.deps import get_settings
+from app.settings import get_settings
 from tests.app.conftest import AUTH, TOKEN, Served, client_for
 
 _PROTECTED = [
