@@ -12,29 +12,29 @@ from fastapi.testclient import TestClient
 
 from etl.features import FEATURE_COLUMNS
 from etl.registry import VERSION_RE
-from tests.app.conftest import AUTH, BENIGN, MALIGNANT, Served, client_for, sample
+from tests.app.conftest import AUTH, BENIGN, MALIGNANT, Served, client_for, sample, service_settings
 from tests.conftest import BUNDLED_SHA256, free_port, static_server
-from tests.pipeline_support import copy_tree, synthetic_rows, write_csv
+from tests.pipeline_support import QUICK_NESTED, copy_tree, synthetic_rows, write_csv
 
 
-def test_ready_503_then_200_after_train_and_evaluate(empty_client: TestClient):
-    c = empty_client
-    assert c.get("/ready").status_code == 503
-    assert c.post("/predict", json=BENIGN).status_code == 503
+def test_ready_503_then_200_after_train_and_evaluate(tmp_path: Path):
+    with client_for(service_settings(tmp_path / "empty", **QUICK_NESTED)) as c:  # its figures do not matter
+        assert c.get("/ready").status_code == 503
+        assert c.post("/predict", json=BENIGN).status_code == 503
 
-    trained = c.post("/train", headers=AUTH)
-    assert trained.status_code == 200, trained.text
-    version = trained.json()["version"]
-    assert c.get("/ready").status_code == 503  # trained is not served
+        trained = c.post("/train", headers=AUTH)
+        assert trained.status_code == 200, trained.text
+        version = trained.json()["version"]
+        assert c.get("/ready").status_code == 503  # trained is not served
 
-    evaluated = c.post("/evaluate", headers=AUTH, json={})
-    assert evaluated.status_code == 200, evaluated.text
-    assert evaluated.json()["promoted"] is True and evaluated.json()["served_version"] == version
+        evaluated = c.post("/evaluate", headers=AUTH, json={})
+        assert evaluated.status_code == 200, evaluated.text
+        assert evaluated.json()["promoted"] is True and evaluated.json()["served_version"] == version
 
-    r = c.get("/ready")
-    assert r.status_code == 200 and r.json() == {"status": "ready", "model_version": version}
-    p = c.post("/predict", json=MALIGNANT)
-    assert p.status_code == 200 and p.json()["model_version"] == version
+        r = c.get("/ready")
+        assert r.status_code == 200 and r.json() == {"status": "ready", "model_version": version}
+        p = c.post("/predict", json=MALIGNANT)
+        assert p.status_code == 200 and p.json()["model_version"] == version
 
 
 def test_train_returns_version_rows_and_sha(client: TestClient, served: Served):
@@ -194,7 +194,7 @@ def test_evaluate_served_version_without_promote(client: TestClient, served: Ser
 
 
 def test_evaluate_gate_failure_200_not_promoted_and_served_unchanged(served: Served):
-    with client_for(served.settings(gate_min_recall=1.0)) as c:
+    with client_for(served.settings(gate_min_recall=1.0, **QUICK_NESTED)) as c:
         v2 = c.post("/train", headers=AUTH, json={"force": True}).json()["version"]
 
         r = c.post("/evaluate", headers=AUTH, json={})
@@ -220,31 +220,35 @@ def test_evaluate_gate_failure_200_not_promoted_and_served_unchanged(served: Ser
     assert sample(metrics_text, "bcd_quality_gate_failures_total") >= 1
 
 
-def test_promote_rollback_swaps_served_model(client: TestClient, served: Served):
-    v1 = served.version
-    v2 = client.post("/train", headers=AUTH, json={"force": True}).json()["version"]
-    not_evaluated = client.post(f"/models/{v2}/promote", headers=AUTH)
-    assert not_evaluated.status_code == 409
-    assert (
-        not_evaluated.json()["detail"] == f"version {v2} has not been evaluated: evaluate it before promoting"
-    )
+def test_promote_rollback_swaps_served_model(served: Served):
+    with client_for(served.settings(**QUICK_NESTED)) as client:  # v2's figures do not matter
+        v1 = served.version
+        v2 = client.post("/train", headers=AUTH, json={"force": True}).json()["version"]
+        not_evaluated = client.post(f"/models/{v2}/promote", headers=AUTH)
+        assert not_evaluated.status_code == 409
+        assert (
+            not_evaluated.json()["detail"]
+            == f"version {v2} has not been evaluated: evaluate it before promoting"
+        )
 
-    ev = client.post("/evaluate", headers=AUTH, json={"version": v2})
-    assert ev.status_code == 200 and ev.json()["promoted"] is True
-    assert client.post("/predict", json=BENIGN).json()["model_version"] == v2
+        ev = client.post("/evaluate", headers=AUTH, json={"version": v2})
+        assert ev.status_code == 200 and ev.json()["promoted"] is True
+        assert client.post("/predict", json=BENIGN).json()["model_version"] == v2
 
-    r = client.post(f"/models/{v1}/promote", headers=AUTH)
+        r = client.post(f"/models/{v1}/promote", headers=AUTH)
 
-    assert r.status_code == 200
-    assert r.json() == {"version": v1, "previous_version": v2, "promoted": True}
-    assert client.get("/models/current").json()["version"] == v1
-    assert client.get("/ready").json()["model_version"] == v1
-    assert client.post("/predict", json=BENIGN).json()["model_version"] == v1
-    listed = client.get("/models").json()
-    assert listed["served_version"] == v1
-    assert [(m["version"], m["served"]) for m in listed["models"]] == [(v1, True), (v2, False)]
-    results = served.base / "results"
-    assert (results / "model.joblib").read_bytes() == (results / "models" / v1 / "model.joblib").read_bytes()
+        assert r.status_code == 200
+        assert r.json() == {"version": v1, "previous_version": v2, "promoted": True}
+        assert client.get("/models/current").json()["version"] == v1
+        assert client.get("/ready").json()["model_version"] == v1
+        assert client.post("/predict", json=BENIGN).json()["model_version"] == v1
+        listed = client.get("/models").json()
+        assert listed["served_version"] == v1
+        assert [(m["version"], m["served"]) for m in listed["models"]] == [(v1, True), (v2, False)]
+        results = served.base / "results"
+        assert (results / "model.joblib").read_bytes() == (
+            results / "models" / v1 / "model.joblib"
+        ).read_bytes()
 
 
 @pytest.mark.parametrize("version", ["20200101T000000Z-deadbeef", "not-a-version"])
