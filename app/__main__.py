@@ -20,8 +20,8 @@ from pathlib import Path
 import uvicorn
 
 from app.server import HTTP_PROTOCOL
+from app.settings import ServiceSettings, get_settings
 from etl.logger import setup_logging
-from etl.settings import Settings, settings_or_exit
 
 log = logging.getLogger("app")
 
@@ -37,7 +37,7 @@ def prepare_multiprocess_dir(workers: int) -> Path | None:
     return path
 
 
-def access_problems(settings: Settings) -> list[str]:
+def access_problems(settings: ServiceSettings) -> list[str]:
     """What this process could not do later: write a state folder, or read the Drive key when uploads go to
     Drive. Each problem names the folder or file and the uid, so a bind mount owned by another user (the
     container runs as APP_UID) is found at start, not at the first training or upload."""
@@ -77,7 +77,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def unauthenticated_exposure(settings: Settings) -> str | None:
+def unauthenticated_exposure(settings: ServiceSettings) -> str | None:
     """Why serving with these settings would expose the mutating routes without a token, or None."""
     if settings.api_token.get_secret_value() or is_loopback(settings.host):
         return None
@@ -88,7 +88,7 @@ def unauthenticated_exposure(settings: Settings) -> str | None:
 
 
 def main() -> None:
-    settings = settings_or_exit()
+    settings = get_settings()
     setup_logging(settings.log_level)
     exposure = unauthenticated_exposure(settings)
     if exposure and not settings.allow_unauthenticated:
@@ -114,7 +114,8 @@ def main() -> None:
         log.info("%d workers; Prometheus multiprocess files in %s", settings.workers, mp_dir)
     log.info("serving on http://%s:%d (docs at /docs)", settings.host, settings.port)
     uvicorn.run(
-        "app.main:app",
+        "app.main:create_app",
+        factory=True,
         host=settings.host,
         port=settings.port,
         workers=settings.workers,

@@ -1,76 +1,28 @@
-"""Bearer tokens and how requests reach the routes: strict JSON bodies, and the token checked first.
+"""How requests reach the routes: strict JSON bodies, and the token checked first.
 
 ``StrictJSONRoute`` (every route) refuses a JSON body with a duplicate key (422 naming it) instead of
-letting the last value win. ``TokenRoute`` (the routes that change state) checks ``API_TOKEN`` before the
-body is read or parsed, so a caller without the token learns nothing about what the route accepts: every
-request without the exact token gets 401, whatever its body. ``require_token`` stays on those routes as a
-dependency too, which puts the bearer scheme in the OpenAPI document (Swagger's Authorize button).
+letting the last value win. ``TokenRoute`` (the routes that change state, app/routes/pipeline.py) runs
+``app.deps.require_token`` before the body is read or parsed, so a caller without the token learns nothing
+about what the route accepts: every request without the exact token gets 401, whatever its body.
+``require_token`` stays on those routes as a dependency too, which puts the bearer scheme in the OpenAPI
+document (Swagger's Authorize button).
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import Callable, Coroutine
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, HTTPException, Request, Response
+from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import SecretStr
 
-from etl.settings import Settings
-
-_bearer = HTTPBearer(auto_error=False, description="API_TOKEN, when the service sets one")
-_KEY_SHOWN = 64  # characters of a duplicate key named in the 422
-
-
-def check_bearer(request: Request, secret: SecretStr, setting: str) -> None:
-    """Pass when ``secret`` is empty or the one Authorization header is ``Bearer <secret>``.
-
-    Raises:
-        HTTPException: 401 with ``WWW-Authenticate``: no or another scheme, a wrong token (compared in
-            constant time), or more than one Authorization header (ambiguous: refused, not first-wins).
-    """
-    expected = secret.get_secret_value()
-    if not expected:
-        return
-    values = request.headers.getlist("authorization")
-    if len(values) > 1:
-        raise HTTPException(
-            401,
-            f"{len(values)} Authorization headers: send exactly one, 'Authorization: Bearer <{setting}>'",
-            {"WWW-Authenticate": 'Bearer error="invalid_request"'},
-        )
-    scheme, _, credentials = values[0].partition(" ") if values else ("", "", "")
-    if scheme.lower() != "bearer" or not credentials:
-        raise HTTPException(
-            401,
-            f"missing bearer token: send 'Authorization: Bearer <{setting}>'",
-            {"WWW-Authenticate": "Bearer"},
-        )
-    if not hmac.compare_digest(credentials.encode(), expected.encode()):
-        raise HTTPException(401, "invalid bearer token", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
-
-
-def require_token(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> None:
-    """Pass when API_TOKEN is unset or the bearer token equals it (compared in constant time)."""
-    settings: Settings = request.app.state.settings
-    check_bearer(request, settings.api_token, "API_TOKEN")
-
-
-def require_metrics_token(request: Request) -> None:
-    """Pass when METRICS_TOKEN is unset or the bearer token equals it."""
-    settings: Settings = request.app.state.settings
-    check_bearer(request, settings.metrics_token, "METRICS_TOKEN")
-
-
-# --- route classes ------------------------------------------------------------------------------
+from app.deps import require_token, settings_for
+from app.middleware import is_json
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+_KEY_SHOWN = 64  # characters of a duplicate key named in the 422
 
 
 class _DuplicateKeyError(ValueError):
@@ -88,12 +40,6 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-def _is_json(request: Request) -> bool:
-    # FastAPI parses a body as JSON for application/json and application/*+json (app/fastpath.py: _is_json)
-    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
-
-
 class StrictJSONRoute(APIRoute):
     """A route whose JSON body may not repeat a key in any object (422 ``duplicate_key`` naming it)."""
 
@@ -105,7 +51,7 @@ class StrictJSONRoute(APIRoute):
                 body = await request.body()
             except Exception:  # too large (413 already sent) or the client left: FastAPI answers as usual
                 return await handler(request)
-            if body and _is_json(request):
+            if body and is_json(request.scope["headers"]):
                 try:
                     parsed = json.loads(body, object_pairs_hook=_unique_object)
                 except _DuplicateKeyError as exc:
@@ -130,8 +76,7 @@ class TokenRoute(StrictJSONRoute):
         handler = super().get_route_handler()
 
         async def token_first(request: Request) -> Response:
-            settings: Settings = request.app.state.settings
-            check_bearer(request, settings.api_token, "API_TOKEN")
+            require_token(request, settings_for(request), None)
             return await handler(request)
 
         return token_first

@@ -1,4 +1,5 @@
-"""The FastAPI application: factory, lifespan (load the served model), middleware and metrics."""
+"""The FastAPI application: the factory ``create_app``, its lifespan (load the served model, follow
+promotions), and how the routes, error handlers, docs pages and middlewares are put together."""
 
 from __future__ import annotations
 
@@ -7,19 +8,17 @@ import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import etl
 from app import docs, errors, metrics
-from app.fastpath import PredictFastPath
-from app.routes import protected, router
-from app.state import ModelHolder
+from app.middleware import BodySizeLimit, HttpMetrics, PredictFastPath
+from app.routes import router
+from app.serving import ModelHolder
+from app.settings import ServiceSettings, get_settings
 from etl.logger import setup_logging
 from etl.pipeline import open_registry
-from etl.settings import Settings, settings_or_exit
 
 log = logging.getLogger(__name__)
 
@@ -36,72 +35,14 @@ Cancer data), and retrains, evaluates, promotes and uploads the model on demand.
 """
 
 
-class BodySizeLimit:
-    """Refuse request bodies over ``max_bytes`` with 413, without reading them whole (pure ASGI)."""
+def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+    """Build the service: ``uvicorn --factory app.main:create_app`` (``python -m app`` runs that).
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                if not value.isdigit() or int(value) > self.max_bytes:
-                    await self._reject(send)
-                    return
-                break
-        received = 0
-        rejected = False
-
-        async def limited_receive() -> Message:
-            nonlocal received, rejected
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    # answer 413 here: FastAPI turns any error raised while it reads the body into a 400,
-                    # which guarded_send then drops
-                    if not rejected:
-                        rejected = True
-                        await self._reject(send)
-                    raise _BodyTooLarge
-            return message
-
-        async def guarded_send(message: Message) -> None:
-            if not rejected:
-                await send(message)
-
-        try:
-            await self.app(scope, limited_receive, guarded_send)
-        except _BodyTooLarge:
-            if not rejected:
-                await self._reject(send)
-
-    async def _reject(self, send: Send) -> None:
-        body = b'{"detail":"request body is larger than MAX_BODY_BYTES=%d bytes"}' % self.max_bytes
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the service. Tests pass their own ``Settings``; production reads the environment."""
-    settings = settings or settings_or_exit()
+    Without ``settings`` it reads the environment (``app.settings.get_settings``). With them (the tests) its
+    routes get those: they become the override of ``get_settings`` for this app.
+    """
+    given = settings is not None
+    settings = settings or get_settings()
     setup_logging(settings.log_level)
     registry = open_registry(settings)
     holder = ModelHolder(registry)
@@ -142,24 +83,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,  # app.docs serves /docs and /redoc with local assets (FastAPI's load them from CDNs)
         redoc_url=None,
     )
-    app.state.settings = settings
-    app.state.registry = registry
+    if given:
+        app.dependency_overrides[get_settings] = lambda: settings
     app.state.holder = holder
     errors.install(app)
     app.include_router(router)
-    app.include_router(protected)
     docs.install(app)
     metrics.init_labels()
     # innermost: valid /predict and /predict/batch are answered here, inside the instrumentation
     app.add_middleware(PredictFastPath, holder=holder, max_batch=settings.max_batch)
     # http_* request metrics by route template (the instrumentator's families; /metrics not counted)
-    app.add_middleware(metrics.HttpMetrics, excluded_handlers=("/metrics",))
+    app.add_middleware(HttpMetrics, excluded_handlers=("/metrics",))
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app
-
-
-def __getattr__(name: str) -> Any:
-    # `uvicorn app.main:app` builds the app on first access, so importing this module has no side effects
-    if name == "app":
-        return create_app()
-    raise AttributeError(name)

@@ -11,7 +11,6 @@ worker serves, and there is only ever the one series.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -20,9 +19,6 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
-from prometheus_fastapi_instrumentator.routing import get_route_name
-from starlette.requests import HTTPConnection
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from etl.evaluate import HEADLINE
 
@@ -156,10 +152,8 @@ def restore_timestamps(last_training: float | None, last_promotion: float | None
         LAST_PROMOTION.set(last_promotion)
 
 
-def set_served_model(
-    version: str, metrics: dict[str, float] | None, threshold: float, previous: str | None = None
-) -> None:
-    """Point the model gauges at the newly served version (``previous`` simply stops being reported)."""
+def set_served_model(version: str, metrics: dict[str, float] | None, threshold: float) -> None:
+    """Point the model gauges at the newly served version (the one before simply stops being reported)."""
     MODEL_INFO.version = version
     MODEL_THRESHOLD.set(threshold)
     for name in HEADLINE:
@@ -213,10 +207,8 @@ def observe_many(histogram: Histogram, values: np.ndarray) -> None:
 
 
 # --- HTTP request metrics -------------------------------------------------------------------------
-# The families, labels and buckets of prometheus-fastapi-instrumentator's default instrumentation (its
-# middleware cost ~60% of a /predict request: a Request, a walk over every route, a Response object and
-# five label lookups per request), recorded by the pure ASGI middleware below with the label children
-# resolved once per route.
+# The families, labels and buckets of prometheus-fastapi-instrumentator's default instrumentation, recorded
+# by app.middleware.HttpMetrics with the label children resolved once per route (RouteMetrics).
 
 HIGHR_BUCKETS = (
     0.01,
@@ -275,10 +267,9 @@ HTTP_INPROGRESS = Gauge(
     ["method", "handler"],
     multiprocess_mode="livesum",
 )
-_CACHEABLE_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-class _RouteMetrics:
+class RouteMetrics:
     """The label children of one (method, handler), so a request does no label lookups."""
 
     __slots__ = ("by_status", "handler", "inprogress", "latency", "method", "request_size", "response_size")
@@ -292,73 +283,13 @@ class _RouteMetrics:
         self.response_size = HTTP_RESPONSE_SIZE.labels(handler)
         self.by_status: dict[int, Any] = {}
 
-    def requests(self, status: int) -> Any:
+    def record(self, status: int, duration: float, request_size: int, response_size: int) -> None:
+        """One finished request: its status, duration and the two Content-Lengths (0 when absent)."""
         child = self.by_status.get(status)
         if child is None:
             child = self.by_status[status] = HTTP_REQUESTS.labels(self.method, str(status), self.handler)
-        return child
-
-
-class HttpMetrics:
-    """Pure ASGI middleware recording the http_* metrics above, labelled by route template.
-
-    Like the instrumentator it replaces (``should_ignore_untemplated``, ``excluded_handlers``): requests
-    that match no route, and the excluded handlers (/metrics), are not recorded; an exception counts as 500.
-    """
-
-    def __init__(self, app: ASGIApp, excluded_handlers: tuple[str, ...] = ("/metrics",)) -> None:
-        self.app = app
-        self.excluded = frozenset(excluded_handlers)
-        self._routes: dict[tuple[str, str], _RouteMetrics | None] = {}
-
-    def _route_metrics(self, scope: Scope) -> _RouteMetrics | None:
-        method, path = scope["method"], scope["path"]
-        key = (method, path)
-        found = self._routes.get(key, False)
-        if found is not False:
-            return found  # type: ignore[return-value]
-        handler = get_route_name(HTTPConnection(scope), should_include_root_path=False)
-        route = None if handler is None or handler in self.excluded else _RouteMetrics(method, handler)
-        # cache static paths only (a path with parameters, or an unknown one, would grow the dict unbounded)
-        if handler is not None and handler == path and method in _CACHEABLE_METHODS:
-            self._routes[key] = route
-        return route
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        route = self._route_metrics(scope)
-        if route is None:
-            await self.app(scope, receive, send)
-            return
-        status = 500
-        response_size = 0
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status, response_size
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-                for name, value in message.get("headers", ()):
-                    if name.lower() == b"content-length":
-                        response_size = int(value)
-                        break
-            await send(message)
-
-        start = time.perf_counter()
-        route.inprogress.inc()
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            duration = max(time.perf_counter() - start, 0.0)
-            route.inprogress.dec()
-            route.requests(status).inc()
-            request_size = 0
-            for name, value in scope["headers"]:
-                if name == b"content-length":
-                    request_size = int(value) if value.isdigit() else 0
-                    break
-            route.request_size.observe(request_size)
-            route.response_size.observe(response_size)
-            HTTP_LATENCY_HIGHR.observe(duration)
-            route.latency.observe(duration)
+        child.inc()
+        self.request_size.observe(request_size)
+        self.response_size.observe(response_size)
+        HTTP_LATENCY_HIGHR.observe(duration)
+        self.latency.observe(duration)

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic.config import JsonDict
 
 from etl.errors import DataSourceNotAllowedError
-from etl.features import FEATURE_MAX, FEATURE_MIN, FEATURES
+from etl.features import FEATURE_MAX, FEATURE_MIN, FEATURE_NAMES, FEATURES
 from etl.source import MAX_SOURCE_LENGTH, parse_source
 
 # Real rows of the dataset (Id 1000025, benign; Id 1017122, malignant), used as Swagger examples.
-BENIGN_EXAMPLE: JsonDict = dict(zip((f[0] for f in FEATURES), (5, 1, 1, 1, 2, 1, 3, 1, 1), strict=True))
-MALIGNANT_EXAMPLE: JsonDict = dict(zip((f[0] for f in FEATURES), (8, 10, 10, 8, 7, 10, 9, 7, 1), strict=True))
+BENIGN_EXAMPLE: JsonDict = dict(zip(FEATURE_NAMES, (5, 1, 1, 1, 2, 1, 3, 1, 1), strict=True))
+MALIGNANT_EXAMPLE: JsonDict = dict(zip(FEATURE_NAMES, (8, 10, 10, 8, 7, 10, 9, 7, 1), strict=True))
 
 Score = Annotated[int, Field(ge=FEATURE_MIN, le=FEATURE_MAX, strict=True)]
 
@@ -46,17 +47,13 @@ class PredictRequest(BaseModel):
     mitoses: Score = _feature(*FEATURES[8])
 
     def row(self) -> tuple[int, ...]:
-        return (
-            self.clump_thickness,
-            self.cell_size_uniformity,
-            self.cell_shape_uniformity,
-            self.marginal_adhesion,
-            self.epithelial_cell_size,
-            self.bare_nuclei,
-            self.bland_chromatin,
-            self.normal_nucleoli,
-            self.mitoses,
-        )
+        """The nine scores in the model's column order (etl/features.py)."""
+        return _row(self)
+
+
+_row = attrgetter(*FEATURE_NAMES)
+if tuple(PredictRequest.model_fields) != FEATURE_NAMES:  # the fields above are typed by hand
+    raise RuntimeError("PredictRequest's fields must be etl.features.FEATURE_NAMES, in that order")
 
 
 class Prediction(BaseModel):

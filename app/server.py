@@ -22,7 +22,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from etl.settings import get_settings
+from app.settings import get_settings
 
 log = logging.getLogger(__name__)
 

@@ -1,17 +1,14 @@
-"""One settings object for the pipeline and the service, read from the environment and ``.env``."""
+"""The pipeline's settings (data, training, gate, signing key, Drive, logging), read from the environment and
+``.env``. The web server's own settings extend these in app/settings.py."""
 
 from __future__ import annotations
 
-import itertools
 import json
-import math
 import sys
-from collections import Counter
-from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar, overload
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
@@ -20,40 +17,10 @@ BUNDLED_DATA_PATH = Path(__file__).resolve().parent / "data" / "BreastCancer.csv
 # The same file online; the README's first example of another source.
 PUBLIC_DATA_URL = "https://raw.githubusercontent.com/selva86/datasets/master/BreastCancer.csv"
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-# what a production token must have (token_weakness); `secrets.token_urlsafe(32)` and `openssl rand -hex 32`
-# always pass (0 of 10,000 of each rejected: tests/hardening/test_listen_policy.py)
-TOKEN_MIN_CHARS = 32
-TOKEN_MIN_BITS = 128
-_PLACEHOLDER_WORDS = ("change-me", "changeme", "change_me", "placeholder", "example", "your-token")
-HOW_TO_MAKE_ONE = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))' or openssl rand -hex 32"
-
-
-def token_weakness(token: str) -> str | None:
-    """Which rule a production bearer token breaks, or None when it looks random.
-
-    The rules: at least ``TOKEN_MIN_CHARS`` characters; at least ``TOKEN_MIN_BITS`` bits by the token's own
-    character frequencies (Shannon entropy times length, which underestimates a random token); at least
-    three quarters of its 3-character windows distinct (no repeated pattern); at most half of its
-    neighbouring characters equal or one code point apart (no runs like ``aaaa`` or ``1234``). The message
-    names the rule, never the value.
-    """
-    n = len(token)
-    if any(word in token.lower() for word in _PLACEHOLDER_WORDS):
-        return "a placeholder (it contains a word like change-me)"
-    if n < TOKEN_MIN_CHARS:
-        return f"shorter than {TOKEN_MIN_CHARS} characters"
-    bits = -sum(c * math.log2(c / n) for c in Counter(token).values())
-    if bits < TOKEN_MIN_BITS:
-        return f"under {TOKEN_MIN_BITS} bits of entropy by its character frequencies (too few distinct ones)"
-    if len({token[i : i + 3] for i in range(n - 2)}) < 0.75 * (n - 2):
-        return "a repeated pattern (fewer than 3/4 of its 3-character windows are distinct)"
-    if sum(abs(ord(a) - ord(b)) <= 1 for a, b in itertools.pairwise(token)) > (n - 1) / 2:
-        return "runs of equal or consecutive characters (more than half of neighbouring pairs)"
-    return None
 
 
 class Settings(BaseSettings):
-    """Every knob of the project. Each field maps to the upper-case environment variable of its name."""
+    """Every knob of the pipeline. Each field maps to the upper-case environment variable of its name."""
 
     model_config = SettingsConfigDict(
         env_file=".env",
@@ -62,9 +29,6 @@ class Settings(BaseSettings):
         hide_input_in_errors=True,  # no secret in errors
     )
 
-    environment: Literal["development", "production"] = Field(
-        "development", description="production refuses placeholder secrets"
-    )
     log_level: str = Field("INFO", description="logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL")
 
     # data and pipeline
@@ -126,29 +90,6 @@ class Settings(BaseSettings):
     )
     model_signing_key_file: Path = Field(
         Path("secrets/model_signing.key"), description="key file, made on first use when missing"
-    )
-
-    # service
-    api_token: SecretStr = Field(
-        SecretStr(""), description="bearer token for mutating routes; empty disables auth"
-    )
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
-    workers: int = Field(1, ge=1, le=64)
-    max_batch: int = Field(10_000, ge=1, description="most instances in one /predict/batch")
-    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest request body accepted")
-    max_header_bytes: int = Field(
-        16 * 1024, ge=1024, le=1024 * 1024, description="largest request line + headers; above: 431"
-    )
-    max_headers: int = Field(100, ge=10, le=1000, description="most request headers; above: 431")
-    allow_unauthenticated: bool = Field(
-        False, description="serve beyond loopback without API_TOKEN (logged as a warning at start)"
-    )
-    metrics_token: SecretStr = Field(
-        SecretStr(""), description="bearer token required on GET /metrics; empty = open"
-    )
-    model_poll_seconds: float = Field(
-        1.0, ge=0.0, description="how often a worker checks whether another one promoted a new model"
     )
 
     # Google Drive upload (README "Google Drive"; etl/drive.py)
@@ -224,22 +165,6 @@ class Settings(BaseSettings):
             return [s for s in value.replace(",", " ").split() if s]
         return value
 
-    @model_validator(mode="after")
-    def _refuse_weak_secrets(self) -> Settings:
-        if self.environment != "production":
-            return self
-        if not self.api_token.get_secret_value():
-            raise ValueError(
-                f"API_TOKEN must be set when ENVIRONMENT=production; make one with {HOW_TO_MAKE_ONE}"
-            )
-        for name, secret in (("API_TOKEN", self.api_token), ("METRICS_TOKEN", self.metrics_token)):
-            token = secret.get_secret_value()
-            weakness = token_weakness(token) if token else None
-            if weakness:
-                msg = f"{name} is too weak for ENVIRONMENT=production: {weakness}"
-                raise ValueError(f"{msg}; make one with {HOW_TO_MAKE_ONE}")
-        return self
-
     @property
     def raw_dir(self) -> Path:
         return self.data_dir / "raw"
@@ -275,26 +200,32 @@ class SettingsError(ValueError):
         )
 
 
-@lru_cache
-def get_settings() -> Settings:
-    """The process-wide settings, built once (tests build their own ``Settings(...)``).
+S = TypeVar("S", bound=Settings)
+
+
+def load_settings(cls: type[S]) -> S:
+    """``cls()`` (``Settings`` or a subclass) read from the environment and ``.env``.
 
     Raises:
         SettingsError: a variable breaks its rule (the message names it, without its value).
     """
     try:
-        return Settings()
+        return cls()
     except ValidationError as exc:
         raise SettingsError.from_validation(exc) from None
     except SourceError as exc:  # a value that cannot be decoded at all; its message names the field only
         raise SettingsError(f"invalid settings (environment or .env): {exc}") from None
 
 
-def settings_or_exit() -> Settings:
-    """``get_settings()`` for an entry point (the CLI, ``python -m app``, the uvicorn app): on a bad setting,
+@overload
+def settings_or_exit() -> Settings: ...
+@overload
+def settings_or_exit(cls: type[S]) -> S: ...
+def settings_or_exit(cls: type[Settings] = Settings) -> Settings:
+    """``load_settings(cls)`` for an entry point (the CLI; the service with its own class): on a bad setting,
     print which variables break which rule and exit with status 2, without a traceback."""
     try:
-        return get_settings()
+        return load_settings(cls)
     except SettingsError as exc:
         sys.stderr.write(f"{exc}\n")
         raise SystemExit(2) from None

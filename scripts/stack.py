@@ -263,22 +263,20 @@ def write_scrape_config(
 
 def service_token() -> str:
     """The API token the service will use (environment, then .env), read the way the service reads it."""
-    from pydantic import ValidationError
-
-    from etl.settings import get_settings
+    from app.settings import ServiceSettings
+    from etl.settings import SettingsError, load_settings
 
     try:
-        return get_settings().api_token.get_secret_value()
-    except ValidationError as exc:  # its text would echo the values, the token among them
-        reasons = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
-        raise StackError(f"the service's settings are invalid: {reasons}") from None
+        return load_settings(ServiceSettings).api_token.get_secret_value()
+    except SettingsError as exc:  # names each variable and its rule, never a value
+        raise StackError(f"the service's {exc}") from None
 
 
 def model_served() -> bool:
     from etl.registry import Registry
-    from etl.settings import get_settings
+    from etl.settings import Settings, load_settings
 
-    return Registry(get_settings().results_dir).served_version() is not None
+    return Registry(load_settings(Settings).results_dir).served_version() is not None
 
 
 def airflow_env(cfg: StackConfig, token: str) -> dict[str, str]:

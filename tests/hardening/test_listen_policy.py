@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from app.__main__ import is_loopback, unauthenticated_exposure
-from etl.settings import Settings, token_weakness
+from app.settings import ServiceSettings, token_weakness
 from tests.conftest import ROOT, free_port, start_service
 from tests.hardening.conftest import TOKEN
 
@@ -115,9 +115,9 @@ def test_listen_loopback_without_token_serves(tmp_path: Path, bundled_csv: Path)
 )
 def test_listen_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
-    settings = Settings(_env_file=None, host=host, api_token="")  # type: ignore[call-arg]
+    settings = ServiceSettings(_env_file=None, host=host, api_token="")  # type: ignore[call-arg]
     assert (unauthenticated_exposure(settings) is None) is loopback
-    with_token = Settings(_env_file=None, host=host, api_token=TOKEN)  # type: ignore[call-arg]
+    with_token = ServiceSettings(_env_file=None, host=host, api_token=TOKEN)  # type: ignore[call-arg]
     assert unauthenticated_exposure(with_token) is None
 
 
@@ -164,7 +164,7 @@ def test_token_rule_accepts_generated_tokens() -> None:
     )
     assert rejected == {"token_urlsafe(32)": [], "openssl rand -hex 32": []}
     for token in (urlsafe[0], hexes[0], TOKEN):
-        Settings(_env_file=None, environment="production", api_token=token, metrics_token=token)  # type: ignore[call-arg]
+        ServiceSettings(_env_file=None, environment="production", api_token=token, metrics_token=token)  # type: ignore[call-arg]
 
 
 @pytest.mark.parametrize("name", list(WEAK_TOKENS))

@@ -1,10 +1,14 @@
-"""docs/monitoring.md lists every metric app/metrics.py declares, with its type and labels, and no other."""
+"""app/metrics.py: docs/monitoring.md lists every metric it declares (type, labels, and no other), and its
+bulk histogram observation equals one observation per value."""
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
+import numpy as np
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
 from app import metrics
@@ -57,3 +61,27 @@ def test_metrics_doc_lists_bounded_label_values() -> None:
     for name in HEADLINE:
         assert f"`{name}`" in rows["bcd_model_quality_ratio"][2], name
     assert rows["bcd_predictions_total"][2] == "`label` (`benign`, `malignant`)"
+
+
+def test_observe_many_equals_observe_one_by_one():
+    values = np.random.default_rng(0).random(500)
+    values[:5] = (0.05, 0.1, 1.0, 0.0, 0.35)  # exactly on bucket bounds
+    buckets = tuple(i / 20 for i in range(1, 21))
+    one_by_one = Histogram("p", "d", buckets=buckets, registry=CollectorRegistry())
+    for v in values:
+        one_by_one.observe(float(v))
+    many = Histogram("p", "d", buckets=buckets, registry=CollectorRegistry())
+    metrics.observe_many(many, values)
+
+    def samples(h: Histogram) -> dict[tuple[str, str], float]:
+        return {
+            (s.name, s.labels.get("le", "")): s.value
+            for family in h.collect()
+            for s in family.samples
+            if not s.name.endswith("_created")
+        }
+
+    a, b = samples(one_by_one), samples(many)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert math.isclose(a[key], b[key], rel_tol=1e-12), key

@@ -1,4 +1,9 @@
-"""The served model: loaded and verified off the hot path, swapped by one reference assignment."""
+"""The prediction core: the served model, the holder that swaps it, and the response bodies of /predict and
+/predict/batch, built here for both the FastAPI routes and the pure ASGI fast path (app/middleware.py).
+
+The model is loaded and verified off the hot path and swapped by one reference assignment, so a request
+sees one whole model from start to end.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,11 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from app import metrics
 from etl.errors import EtlError, NoServedModelError
+from etl.features import LABELS
 from etl.registry import Registry
 from etl.scorer import LinearModel
 
@@ -74,9 +82,7 @@ class ModelHolder:
                 )
                 return False
             self.current = model
-        metrics.set_served_model(
-            model.version, model.metrics, model.threshold, current.version if current else None
-        )
+        metrics.set_served_model(model.version, model.metrics, model.threshold)
         log.info("now serving model version %s (threshold %.4f)", model.version, model.threshold)
         return True
 
@@ -88,3 +94,45 @@ class ModelHolder:
                 await asyncio.to_thread(self.refresh)
             except Exception:  # the watcher must never die; the error is logged with its traceback
                 log.exception("model watcher failed; will retry")
+
+
+# --- response bodies ----------------------------------------------------------------------------
+
+
+def predict_one(model: ServedModel, row: tuple[int, ...]) -> dict[str, Any]:
+    """The /predict response body for one row of the nine features (model column order)."""
+    p = model.scorer.proba_one(row)
+    cls = 1 if p >= model.threshold else 0
+    metrics.record_predictions([p], [cls])
+    return {
+        "label": LABELS[cls],
+        "class": cls,
+        "probability_malignant": p,
+        "threshold": model.threshold,
+        "model_version": model.version,
+    }
+
+
+def predict_many(model: ServedModel, X: np.ndarray) -> dict[str, Any]:
+    """The /predict/batch response body for an (n, 9) float array, predictions in row order."""
+    probs = model.scorer.proba(X)
+    malignant = probs >= model.threshold
+    metrics.BATCH_ROWS.observe(len(probs))
+    metrics.record_predictions(probs, malignant)
+    p_list, classes = probs.tolist(), malignant.astype(np.int8).tolist()
+    labels = LABELS
+    return {
+        "model_version": model.version,
+        "threshold": model.threshold,
+        "predictions": [
+            {"label": labels[c], "class": c, "probability_malignant": p}
+            for p, c in zip(p_list, classes, strict=True)
+        ],
+    }
+
+
+def batch_too_large(count: int, max_batch: int) -> str | None:
+    """Why a batch of ``count`` instances is refused (the 422's message), or None when MAX_BATCH allows it."""
+    if count > max_batch:
+        return f"at most MAX_BATCH={max_batch} instances per request, got {count}"
+    return None
