@@ -74,3 +74,17 @@ class DriveConfigError(StorageError):
     """Google Drive is configured wrongly, so retrying cannot help: the credentials file is missing or not a
     Google credential, the folder is not found or not shared with the account, or the account has no storage
     quota. A StorageError (with ``step`` and ``backup_dir``) whose message says what to fix."""
+
+
+class ArtifactStoreError(StorageError):
+    """An operation of the artifact store (etl/artifacts.py) failed: the store is unreachable, refused the
+    credentials, or kept failing after the retries. ``step`` names the operation and the key (for example
+    ``put_new v3/model.joblib``); the message never holds credentials or what the server said."""
+
+
+class ArtifactExistsError(ArtifactStoreError):
+    """A create-only write found the key already there; the object that was there is unchanged."""
+
+
+class ArtifactNotFoundError(ArtifactStoreError):
+    """No object is stored under the key that was read."""
