@@ -33,7 +33,7 @@ from etl.errors import ArtifactIntegrityError, NotEvaluatedError, ReportNotFound
 from etl.features import FEATURE_COLUMNS, TARGET_COLUMN
 from etl.hashing import sha256_bytes
 from etl.locks import file_lock
-from etl.registry import Registry
+from etl.registry import Registry, is_version
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -57,15 +57,12 @@ CONTENT_SECURITY_POLICY = (
 )
 DPI = 100
 NA = "not recorded"
-BLUE, ORANGE, GREY, RED, GREEN = "#1f5fa8", "#d9822b", "#7f8c9a", "#c0392b", "#2e8b57"
+BLUE, GREY, RED, GREEN = "#1f5fa8", "#7f8c9a", "#c0392b", "#2e8b57"
 
 
 def figure_file(name: str) -> str:
     """A figure's path inside the version's folder."""
     return f"{FIGURE_DIR}/{name}.png"
-
-
-REPORT_FILES = (REPORT_FILE, *(figure_file(n) for n in FIGURES))
 
 
 @dataclass
@@ -116,9 +113,8 @@ def write_report(registry: Registry, version: str) -> ReportResult:
     vdir = registry.version_dir(version)
     # one writer at a time (threads and processes): matplotlib's state is not shared safely between threads
     with file_lock(registry.root / ".report.lock"):
-        if (
-            vdir / FIGURE_DIR
-        ).is_dir():  # what a write killed half-way left (the registry cleans vdir itself)
+        # what a write killed half-way left in report/ (the registry cleans the version's folder itself)
+        if (vdir / FIGURE_DIR).is_dir():
             atomic.remove_leftovers(vdir / FIGURE_DIR)
         page = Page(metrics)
         pngs = render_figures(page, curves)
@@ -142,7 +138,7 @@ def write_report(registry: Registry, version: str) -> ReportResult:
 
 
 def has_report(registry: Registry, version: str) -> bool:
-    return (registry.models_dir / version / REPORT_FILE).is_file()
+    return is_version(version) and (registry.models_dir / version / REPORT_FILE).is_file()
 
 
 def read_report(registry: Registry, version: str, figure: str | None = None) -> bytes:
@@ -500,17 +496,21 @@ def _calibration_figure(page: Page, curves: Curves) -> Figure:
     left, right = fig.subplots(1, 2)
     left.plot([0, 1], [0, 1], ls=":", color=GREY, lw=1, label="perfect calibration")
     bins = page.get("reliability", "bins")
-    if isinstance(bins, list):
-        shown = [b for b in bins if isinstance(b, dict) and b.get("rows")]
-        xs = [b["mean_predicted"] for b in shown]
-        ys = [b["observed"] for b in shown]
-        sizes = [20 + 200 * np.sqrt(b["rows"] / max(x["rows"] for x in shown)) for b in shown]
+    shown = [
+        (i, b)
+        for i, b in enumerate(bins if isinstance(bins, list) else [])
+        if isinstance(b, dict) and b.get("rows")
+    ]
+    if shown:
+        xs = [b["mean_predicted"] for _, b in shown]
+        ys = [b["observed"] for _, b in shown]
+        most = max(b["rows"] for _, b in shown)
+        sizes = [20 + 200 * np.sqrt(b["rows"] / most) for _, b in shown]
         left.plot(xs, ys, color=BLUE, lw=1.2)
-        left.scatter(xs, ys, s=sizes, color=BLUE, zorder=3, label="nested CV, per bin (area: rows)")
-        for b, x, y in zip(shown, xs, ys, strict=True):
-            index = bins.index(b)
+        left.scatter(xs, ys, s=sizes, color=BLUE, zorder=3, label="nested CV, per bin (labelled: its rows)")
+        for (i, _), x, y in zip(shown, xs, ys, strict=True):
             left.annotate(
-                page.plain("reliability", "bins", index, "rows", fmt="d"),
+                page.plain("reliability", "bins", i, "rows", fmt="d"),
                 (x, y),
                 textcoords="offset points",
                 xytext=(6, -10),
