@@ -29,6 +29,11 @@ class ModelNotFoundError(EtlError):
     """No model version with that name exists in the registry."""
 
 
+class ReportNotFoundError(EtlError):
+    """A version has no evaluation report (not evaluated yet, or written before reports existed), or the
+    report has no figure of that name."""
+
+
 class NoServedModelError(EtlError):
     """No version has been promoted yet, so there is nothing to serve."""
 

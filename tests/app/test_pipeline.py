@@ -277,11 +277,12 @@ def test_upload_defaults_to_served_version(client: TestClient, served: Served):
     assert re.fullmatch(r"\d{8}_\d{6}", out["timestamp"])
     backup = Path(out["backup_dir"])
     assert backup == served.base / "upload" / out["timestamp"]
-    assert sorted(p.name for p in backup.iterdir()) == ["metrics.json", "model.joblib"]
+    uploaded = ["metrics.json", "model.joblib", "report.html"]
+    assert sorted(p.name for p in backup.iterdir()) == uploaded
     vdir = served.base / "results" / "models" / served.version
-    for name in ("model.joblib", "metrics.json"):
+    for name in uploaded:
         assert (backup / name).read_bytes() == (vdir / name).read_bytes()
-    assert sorted(f["name"] for f in out["files"]) == ["metrics.json", "model.joblib"]
+    assert sorted(f["name"] for f in out["files"]) == uploaded
     assert out["drive"]["status"] == "skipped" and out["drive"]["reason"]
 
 
