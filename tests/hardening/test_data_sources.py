@@ -396,8 +396,10 @@ def test_open_routes_show_no_host_path(closed: Service) -> None:
     current = json.loads(bodies["/models/current"])
     assert current["metrics"]["data_source"] == "BreastCancer.csv (bundled)"
     for path, body in bodies.items():
-        for needle in (str(ROOT), str(closed.workdir), "raw_file", "lineage"):
+        for needle in (str(ROOT), str(closed.workdir), "raw_file", "test_size"):
             assert needle not in body, f"GET {path} shows {needle!r}"
+    # only the parent version of the training lineage is public; the raw file's path is not
+    assert set(current["metrics"].get("lineage", {})) <= {"parent_version"}
 
 
 # --- finding 5: malformed data_url values --------------------------------------------------------
