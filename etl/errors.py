@@ -74,3 +74,8 @@ class DriveConfigError(StorageError):
     """Google Drive is configured wrongly, so retrying cannot help: the credentials file is missing or not a
     Google credential, the folder is not found or not shared with the account, or the account has no storage
     quota. A StorageError (with ``step`` and ``backup_dir``) whose message says what to fix."""
+
+
+class DatabaseUnavailableError(EtlError):
+    """A database could not be reached, or refused a statement because of its own state (down, read-only,
+    out of space, locked beyond the busy timeout); trying again later may succeed."""
