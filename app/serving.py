@@ -143,16 +143,16 @@ def predict_one(model: ServedModel, row: tuple[int, ...], records: PredictionRec
         }
         return Answer(body, None, (p,), (cls,), False)
     mint = records.mint
-    counter = mint.take()
+    pid = format_id(mint.prefix, mint.take())
     body = {
-        "prediction_id": format_id(mint.prefix, counter),
+        "prediction_id": pid,
         "label": LABELS[cls],
         "class": cls,
         "probability_malignant": p,
         "threshold": model.threshold,
         "model_version": model.version,
     }
-    pending = OnePending(mint.prefix, counter, time.time(), model.version, model.threshold, p, cls, row)
+    pending: OnePending = (pid, time.time_ns() // 1000, model.version, model.threshold, p, cls, row)
     return Answer(body, pending, (p,), (cls,), False)
 
 
@@ -170,7 +170,9 @@ def predict_many(model: ServedModel, X: np.ndarray, records: PredictionRecords) 
             {"prediction_id": i, "label": labels[c], "class": c, "probability_malignant": p}
             for i, p, c in zip(ids, p_list, classes, strict=True)
         ]
-        pending = ManyPending(ids, time.time(), model.version, model.threshold, probs, malignant, X)
+        pending = ManyPending(
+            ids, time.time_ns() // 1000, model.version, model.threshold, probs, malignant, X
+        )
     else:
         predictions = [
             {"label": labels[c], "class": c, "probability_malignant": p}

@@ -10,43 +10,23 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from app.records.ids import format_id
-
 # the columns of a row, in order (app/records/tables.py: predictions)
 Row = tuple[Any, ...]
 
 
-class OnePending(NamedTuple):
-    prefix: str
-    counter: int
-    created: float  # Unix time the answer was made
-    version: str
-    threshold: float
-    probability: float
-    predicted_class: int
-    features: Sequence[int]  # the nine scores, model column order
+# A /predict answer on its way: a plain tuple (the cheapest object to make on the hot path):
+# (id, created: Unix time in microseconds, version, threshold, probability, class, the nine scores)
+OnePending = tuple[str, int, str, float, float, int, Sequence[int]]
 
-    @property
-    def size(self) -> int:
-        return 1
 
-    def rows(self, when: Callable[[float], Any]) -> Iterable[Row]:
-        return (
-            (
-                format_id(self.prefix, self.counter),
-                when(self.created),
-                self.version,
-                self.threshold,
-                self.probability,
-                self.predicted_class,
-                *self.features,
-            ),
-        )
+def one_rows(item: OnePending, when: Callable[[int], Any]) -> Iterable[Row]:
+    pid, created, version, threshold, probability, predicted, features = item
+    return ((pid, when(created), version, threshold, probability, predicted, *features),)
 
 
 class ManyPending(NamedTuple):
     ids: list[str]  # the ids the answer carries, in row order
-    created: float
+    created: int
     version: str
     threshold: float
     probabilities: np.ndarray  # (n,)
@@ -57,7 +37,7 @@ class ManyPending(NamedTuple):
     def size(self) -> int:
         return len(self.probabilities)
 
-    def rows(self, when: Callable[[float], Any]) -> Iterable[Row]:
+    def rows(self, when: Callable[[int], Any]) -> Iterable[Row]:
         n = self.size
         return zip(
             self.ids,
@@ -72,3 +52,13 @@ class ManyPending(NamedTuple):
 
 
 Pending = OnePending | ManyPending
+
+
+def size(item: Pending) -> int:
+    """How many predictions ``item`` holds."""
+    return item.size if isinstance(item, ManyPending) else 1
+
+
+def rows(item: Pending, when: Callable[[int], Any]) -> Iterable[Row]:
+    """``item``'s rows in the columns' order, ``when`` turning a time into the database's value."""
+    return item.rows(when) if isinstance(item, ManyPending) else one_rows(item, when)

@@ -10,9 +10,10 @@ through SQLAlchemy Core.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from app.records.errors import OutcomeConflictError, PredictionNotFoundError
 from app.records.pending import Pending
+from app.records.pending import rows as pending_rows
 from app.records.tables import outcomes, predictions, writers
 from etl.db import display_url, is_sqlite
 from etl.errors import DatabaseUnavailableError
@@ -36,6 +38,8 @@ COLUMNS = (
     *FEATURE_NAMES,
 )
 _CHUNK = 1000  # ids per IN (...) list, well under every database's limit on parameters
+# rows per INSERT statement: 15 parameters each, 15,000 in all, under SQLite's 32,766 and PostgreSQL's 65,535
+INSERT_ROWS = 1000
 _PURGE_CHUNK = 5000  # rows per DELETE, so a purge never holds the write lock for long
 
 
@@ -62,14 +66,25 @@ def utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _sqlite_time(unix: float) -> str:
-    # SQLAlchemy's storage format for DateTime on SQLite, so Core reads these rows back as datetimes
-    t = datetime.fromtimestamp(unix, UTC)
-    return f"{t:%Y-%m-%d %H:%M:%S}.{t.microsecond:06d}"
+class _SqliteTime:
+    """Unix microseconds -> SQLAlchemy's text format of a DateTime on SQLite (so Core reads the rows back as
+    datetimes), with the part up to the second formatted once per second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._head = ""
+
+    def __call__(self, micros: int) -> str:
+        second, micro = divmod(micros, 1_000_000)
+        if second != self._second:
+            self._head = f"{datetime.fromtimestamp(second, UTC):%Y-%m-%d %H:%M:%S}"
+            self._second = second
+        return f"{self._head}.{micro:06d}"
 
 
-def _aware_time(unix: float) -> datetime:
-    return datetime.fromtimestamp(unix, UTC)
+def _aware_time(micros: int) -> datetime:
+    second, micro = divmod(micros, 1_000_000)
+    return datetime.fromtimestamp(second, UTC).replace(microsecond=micro)
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -82,12 +97,10 @@ class PredictionStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sqlite = is_sqlite(engine)
-        self._time = _sqlite_time if self._sqlite else _aware_time
+        self._time: Callable[[int], Any] = _SqliteTime() if self._sqlite else _aware_time
         marker = "?" if engine.dialect.paramstyle == "qmark" else "%s"
-        self._insert_sql = (
-            f"INSERT INTO predictions ({', '.join(COLUMNS)}) "  # noqa: S608 (constant column names)
-            f"VALUES ({', '.join([marker] * len(COLUMNS))})"
-        )
+        self._values = f"({', '.join([marker] * len(COLUMNS))})"
+        self._insert_sql: dict[int, str] = {}  # rows per statement -> the statement
 
     @contextlib.contextmanager
     def _connect(self, *, write: bool = False) -> Iterator[Connection]:
@@ -109,14 +122,29 @@ class PredictionStore:
 
     # -- predictions -----------------------------------------------------------------------------
     def insert(self, pending: Sequence[Pending]) -> int:
-        """Write the rows of ``pending`` in one transaction; returns how many."""
-        rows: list[tuple[Any, ...]] = []
-        for item in pending:
-            rows.extend(item.rows(self._time))
-        if rows:
-            with self._connect() as connection:
-                connection.exec_driver_sql(self._insert_sql, rows)
-        return len(rows)
+        """Write the rows of ``pending`` in one transaction; returns how many.
+
+        Rows go ``INSERT_ROWS`` to a statement (one multi-row VALUES, its parameters bound in C): the driver
+        releases the GIL once per statement, where ``executemany`` would release and take it back for every
+        row, and each take waits for the event loop to let go of it (up to 5 ms while it is busy).
+        """
+        if not pending:
+            return 0
+        written = 0
+        with self._connect() as connection:
+            for chunk in _row_chunks(pending, self._time):
+                connection.exec_driver_sql(self._insert(len(chunk)), tuple(chain.from_iterable(chunk)))
+                written += len(chunk)
+        return written
+
+    def _insert(self, count: int) -> str:
+        sql = self._insert_sql.get(count)
+        if sql is None:
+            columns = ", ".join(COLUMNS)
+            sql = f"INSERT INTO predictions ({columns}) VALUES {', '.join([self._values] * count)}"  # noqa: S608
+            if len(self._insert_sql) < 64:  # full chunks, and a few sizes of last ones
+                self._insert_sql[count] = sql
+        return sql
 
     def count(self) -> int:
         with self._connect() as connection:
@@ -295,6 +323,20 @@ class PredictionStore:
                 for prefix, started_at, flushed_at in connection.execute(query):
                     found[prefix] = (utc(started_at), utc(flushed_at) if flushed_at is not None else None)
         return found
+
+
+def _row_chunks(pending: Sequence[Pending], when: Callable[[int], Any]) -> Iterator[list[tuple[Any, ...]]]:
+    """The rows of ``pending`` in lists of at most INSERT_ROWS, built as they are written (so the GIL is
+    let go between statements, not held while every row of a long queue is built)."""
+    chunk: list[tuple[Any, ...]] = []
+    for item in pending:
+        for row in pending_rows(item, when):
+            chunk.append(row)
+            if len(chunk) == INSERT_ROWS:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:

@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.exc import SQLAlchemyError
 
 from app import metrics
-from app.records.pending import Pending
+from app.records.pending import Pending, size
 from app.records.store import PredictionStore
 from etl.errors import DatabaseUnavailableError
 
@@ -64,7 +64,8 @@ class RecordWriter:
         self.capacity = capacity
         self.retention_days = retention_days
         self._ensure_schema = ensure_schema
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()  # enqueue takes it directly: a C-level `with`, the hot path's cost
+        self._cond = threading.Condition(self._lock)
         self._items: list[Pending] = []
         self._rows = 0  # queued rows plus the rows the thread holds for a retry
         self._wake_rows = max(1, capacity // 2)
@@ -81,19 +82,24 @@ class RecordWriter:
 
     # -- the hot path ----------------------------------------------------------------------------
     def enqueue(self, item: Pending) -> None:
-        """Queue ``item`` for writing; when the queue is full it is counted as dropped instead."""
-        n = item.size
-        with self._cond:
-            if self._rows + n > self.capacity or not self._accepting:
-                full = self._accepting
-            else:
+        """Queue ``item`` for writing; when the queue is full it is counted as dropped instead. Once half
+        the queue waits, the caller also yields the GIL, so the writer gets its turn before the queue
+        fills (a busy event loop would otherwise hand it over only every 5 ms)."""
+        n = size(item)
+        with self._lock:
+            accepted = self._accepting and self._rows + n <= self.capacity
+            if accepted:
                 self._items.append(item)
                 self._rows += n
-                if self._rows >= self._wake_rows and not self._flush_asked:
+                behind = self._rows >= self._wake_rows
+                if behind and not self._flush_asked:
                     self._flush_asked = True
                     self._cond.notify()
-                return
-        metrics.PREDICTION_LOG_DROPPED.labels("queue_full" if full else "write_error").inc(n)
+            reason = "queue_full" if self._accepting else "write_error"
+        if not accepted:
+            metrics.PREDICTION_LOG_DROPPED.labels(reason).inc(n)
+        elif behind:
+            time.sleep(0)
 
     # -- control ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -166,34 +172,30 @@ class RecordWriter:
 
     def _write(self, items: list[Pending], taken_at: datetime, *, final: bool) -> None:
         batch, self._held = self._held + items, []
+        done = 0  # items of batch written (or dropped for good)
         try:
             if not self._registered:
                 self.store.register_writer(self.prefix, taken_at)
                 self._registered = True
-            while batch:
-                chunk: list[Pending] = []
-                rows = 0
-                while batch and (not chunk or rows + batch[0].size <= WRITE_CHUNK_ROWS):
-                    rows += batch[0].size
-                    chunk.append(batch.pop(0))
+            while done < len(batch):
+                end, rows = done, 0
+                while end < len(batch) and (end == done or rows + size(batch[end]) <= WRITE_CHUNK_ROWS):
+                    rows += size(batch[end])
+                    end += 1
                 try:
-                    written = self.store.insert(chunk)
+                    written = self.store.insert(batch[done:end])
                 except DatabaseUnavailableError:
-                    batch[:0] = chunk
                     raise
-                except (
-                    SQLAlchemyError
-                ) as exc:  # refused for good: never retried, so it cannot block the queue
-                    log.error(
-                        "prediction record: %d rows could not be written and are dropped: %s", rows, exc
-                    )
+                except SQLAlchemyError as exc:  # refused for good: not retried, so it cannot block the queue
+                    log.error("prediction record: %d rows refused by the database, dropped: %s", rows, exc)
                     metrics.PREDICTION_LOG_DROPPED.labels("write_error").inc(rows)
                     written = 0
+                done = end
                 self._release(rows)
                 metrics.PREDICTION_LOG_WRITTEN.inc(written)
             self.store.mark_flushed(self.prefix, taken_at)
         except DatabaseUnavailableError as exc:
-            self._held = batch
+            self._held = batch[done:]
             self._outage(str(exc))
             if final:
                 self._give_up()
@@ -220,7 +222,7 @@ class RecordWriter:
             )
 
     def _give_up(self) -> None:
-        rows = sum(item.size for item in self._held)
+        rows = sum(map(size, self._held))
         if rows:
             log.error("prediction record: %d queued rows are lost: the database is down at shutdown", rows)
             metrics.PREDICTION_LOG_DROPPED.labels("write_error").inc(rows)

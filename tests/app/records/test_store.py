@@ -30,12 +30,22 @@ def store(database_url: str) -> Iterator[PredictionStore]:
     engine.dispose()
 
 
-def one(counter: int, *, created: float, version: str = "v1", cls: int = 1, row: tuple[int, ...] = (1,) * 9):
-    return OnePending(PREFIX, counter, created, version, 0.25, 0.75 if cls else 0.1, cls, row)
+DAY = 86_400_000_000  # microseconds
+
+
+def micros() -> int:
+    return time.time_ns() // 1000
+
+
+def one(
+    counter: int, *, created: int, version: str = "v1", cls: int = 1, row: tuple[int, ...] = (1,) * 9
+) -> OnePending:
+    pid = format_id(PREFIX, counter)
+    return (pid, created, version, 0.25, 0.75 if cls else 0.1, cls, row)
 
 
 def test_store_single_and_batch_round_trip(store: PredictionStore) -> None:
-    now = time.time()
+    now = micros()
     store.insert([one(7, created=now, row=(1, 2, 3, 4, 5, 6, 7, 8, 9))])
     X = np.array([[1] * 9, [10] * 9, [3, 1, 4, 1, 5, 9, 2, 6, 5]], dtype=float)
     probs = np.array([0.01, 0.99, 0.3])
@@ -45,7 +55,8 @@ def test_store_single_and_batch_round_trip(store: PredictionStore) -> None:
 
     single = store.get(format_id(PREFIX, 7))
     assert single is not None
-    assert single["created_at"] == datetime.fromtimestamp(now, UTC)  # to the microsecond, UTC
+    assert single["created_at"] == datetime.fromtimestamp(now / 1e6, UTC)  # to the microsecond, UTC
+    assert single["created_at"].microsecond == now % 1_000_000
     assert (single["model_version"], single["threshold"], single["predicted_class"]) == ("v1", 0.25, 1)
     assert [single[name] for name in FEATURE_NAMES] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     assert single["actual_class"] is None and single["history"] == []
@@ -60,7 +71,7 @@ def test_store_single_and_batch_round_trip(store: PredictionStore) -> None:
 
 
 def test_store_outcome_first_repeat_conflict_replace(store: PredictionStore) -> None:
-    store.insert([one(1, created=time.time(), cls=1)])
+    store.insert([one(1, created=micros(), cls=1)])
     pid = format_id(PREFIX, 1)
     t1 = datetime(2030, 1, 2, 3, 4, 5, 600_000, tzinfo=UTC)
     (first,) = store.report([OutcomeReport(pid, 1)], t1)
@@ -86,7 +97,7 @@ def test_store_outcome_first_repeat_conflict_replace(store: PredictionStore) -> 
 
 
 def test_store_outcome_list_all_or_none(store: PredictionStore) -> None:
-    store.insert([one(n, created=time.time()) for n in range(3)])
+    store.insert([one(n, created=micros()) for n in range(3)])
     known = [format_id(PREFIX, n) for n in range(3)]
     unknown = format_id(PREFIX, 99)
     with pytest.raises(PredictionNotFoundError) as caught:
@@ -102,7 +113,7 @@ def test_store_outcome_list_all_or_none(store: PredictionStore) -> None:
 def test_store_concurrent_conflicting_reports_one_wins(store: PredictionStore) -> None:
     """Eight threads report different outcomes for the same new prediction at once: exactly one is
     recorded; the others see it (the same class: its answer; the other class: 409)."""
-    store.insert([one(5, created=time.time())])
+    store.insert([one(5, created=micros())])
     pid = format_id(PREFIX, 5)
     start = threading.Barrier(8)
     results: list[object] = []
@@ -131,9 +142,10 @@ def test_store_concurrent_conflicting_reports_one_wins(store: PredictionStore) -
 
 
 def test_store_windows_newest_first_by_version(store: PredictionStore) -> None:
-    base = time.time() - 100
+    base = micros() - 100_000_000
     rows = [
-        one(n, created=base + n, version="v1" if n % 3 else "v0", row=(n % 10 + 1,) * 9) for n in range(30)
+        one(n, created=base + n * 1000, version="v1" if n % 3 else "v0", row=(n % 10 + 1,) * 9)
+        for n in range(30)
     ]
     store.insert(rows)
     labelled = [n for n in range(30) if n % 2 == 0]
@@ -150,13 +162,13 @@ def test_store_windows_newest_first_by_version(store: PredictionStore) -> None:
 def test_store_batch_rows_ordered_within_their_shared_time(store: PredictionStore) -> None:
     X = np.tile(np.arange(1, 11, dtype=float)[:, None], (1, 9))
     ids = IdMint.ids(PREFIX, 0, 10)
-    store.insert([ManyPending(ids, time.time(), "v1", 0.5, np.full(10, 0.9), np.ones(10, bool), X)])
+    store.insert([ManyPending(ids, micros(), "v1", 0.5, np.full(10, 0.9), np.ones(10, bool), X)])
     assert store.recent_features(3)[:, 0].tolist() == [10, 9, 8]  # the batch's last rows are the newest
 
 
 def test_store_purge_old_records_and_their_outcomes(store: PredictionStore) -> None:
-    now = time.time()
-    old = [one(n, created=now - 40 * 86400) for n in range(3)]
+    now = micros()
+    old = [one(n, created=now - 40 * DAY) for n in range(3)]
     store.insert([*old, one(10, created=now)])
     store.report(
         [OutcomeReport(format_id(PREFIX, 0), 1), OutcomeReport(format_id(PREFIX, 10), 0)], datetime.now(UTC)

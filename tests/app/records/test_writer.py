@@ -15,7 +15,7 @@ import pytest
 
 from app import metrics
 from app.records.ids import format_id
-from app.records.pending import OnePending, Pending
+from app.records.pending import Pending
 from app.records.store import PredictionStore
 from app.records.tables import MIGRATIONS
 from app.records.writer import RecordWriter
@@ -58,8 +58,8 @@ def writer_for(store: PredictionStore, **kwargs: Any) -> RecordWriter:
     return writer
 
 
-def pending(n: int, created: float | None = None) -> Pending:
-    return OnePending(PREFIX, n, created or time.time(), "v1", 0.3, 0.6, 1, (2,) * 9)
+def pending(n: int, created: int | None = None) -> Pending:
+    return (format_id(PREFIX, n), created or time.time_ns() // 1000, "v1", 0.3, 0.6, 1, (2,) * 9)
 
 
 def dropped(reason: str) -> float:
@@ -164,7 +164,7 @@ def test_writer_refused_rows_dropped_queue_goes_on(store: FlakyStore) -> None:
 
 
 def test_writer_purges_records_past_retention(store: FlakyStore) -> None:
-    store.insert([pending(1, created=time.time() - 3 * 86400), pending(2)])
+    store.insert([pending(1, created=time.time_ns() // 1000 - 3 * 86_400_000_000), pending(2)])
     writer = writer_for(store, queueing=False, retention_days=2)
     try:
         wait_until(lambda: store.count() == 1, 30, "the old record purged")
