@@ -92,7 +92,7 @@ def migrate_prediction_record(settings: ServiceSettings) -> None:
     """Bring the prediction record's database to the current schema once, before the workers start (they
     check again under the migration lock, so a worker started some other way is safe too). Without its
     database PREDICTION_LOG=sync cannot answer, so it does not start; the other modes start and wait."""
-    from app.records.service import migrate
+    from app.records.database import migrate
     from etl.errors import DatabaseUnavailableError
 
     try:

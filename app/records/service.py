@@ -17,9 +17,9 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app.records.database import database_url
 from app.records.errors import PredictionNotFoundError
 from app.records.ids import IdMint, prefix_of
 from app.records.live import LiveFigures, LiveMonitor, LiveSettings
@@ -27,7 +27,7 @@ from app.records.pending import Pending
 from app.records.store import PredictionStore
 from app.records.tables import MIGRATIONS
 from app.records.writer import RecordWriter
-from etl.db import display_url, make_engine, sqlite_url, upgrade
+from etl.db import display_url, make_engine, upgrade
 from etl.errors import DatabaseUnavailableError
 
 if TYPE_CHECKING:
@@ -35,28 +35,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DB_FILE = "predictions.sqlite3"  # the default database, in DATA_DIR
 STOP_TIMEOUT_SECONDS = 30.0
 POLL_SECONDS = 0.05
-
-
-def database_url(settings: ServiceSettings) -> str:
-    """PREDICTION_DB_URL, or the SQLite file DATA_DIR/predictions.sqlite3 when it is empty."""
-    return settings.prediction_db_url.get_secret_value() or sqlite_url(Path(settings.data_dir) / DB_FILE)
-
-
-def migrate(settings: ServiceSettings) -> bool:
-    """Bring the prediction record's database to the current schema (``python -m app`` does this once
-    before starting the workers). Returns True when migrations ran.
-
-    Raises:
-        DatabaseUnavailableError: the database cannot be reached or migrated.
-    """
-    engine = make_engine(database_url(settings))
-    try:
-        return upgrade(engine, MIGRATIONS)
-    finally:
-        engine.dispose()
 
 
 class PredictionRecords:
@@ -110,6 +90,7 @@ class PredictionRecords:
     def start(self) -> None:
         """Migrate if needed and start the writer thread (the service's start-up)."""
         if self.ensure_schema():
+            self.writer.register()
             log.info(
                 "prediction record: PREDICTION_LOG=%s, database %s", self.mode, display_url(self.engine.url)
             )

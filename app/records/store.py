@@ -24,7 +24,7 @@ from app.records.errors import OutcomeConflictError, PredictionNotFoundError
 from app.records.pending import Pending
 from app.records.pending import rows as pending_rows
 from app.records.tables import outcomes, predictions, writers
-from etl.db import display_url, is_sqlite
+from etl.db import is_sqlite
 from etl.errors import DatabaseUnavailableError
 from etl.features import FEATURE_NAMES
 
@@ -114,9 +114,9 @@ class PredictionStore:
         except SQLAlchemyError as exc:
             if is_unavailable(exc):
                 reason = type(getattr(exc, "orig", None) or exc).__name__
-                where = display_url(self.engine.url)
+                # no address in the message: it reaches callers of the open /predict (503 with sync)
                 raise DatabaseUnavailableError(
-                    f"the prediction record database ({where}) is unavailable: {reason}"
+                    f"the prediction record database is unavailable ({reason}); try again later"
                 ) from exc
             raise
 

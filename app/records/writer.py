@@ -102,6 +102,17 @@ class RecordWriter:
             time.sleep(0)
 
     # -- control ---------------------------------------------------------------------------------
+    def register(self) -> None:
+        """Enter this process in ``prediction_writers`` (before its first answer, so another process that
+        is asked for one of its ids knows to wait for it); the thread retries if the database is down."""
+        if not self.queueing or self._registered:
+            return
+        try:
+            self.store.register_writer(self.prefix, datetime.now(UTC))
+        except DatabaseUnavailableError:
+            return
+        self._registered = True
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="prediction-record-writer", daemon=True)
         self._thread.start()
@@ -187,13 +198,20 @@ class RecordWriter:
                 except DatabaseUnavailableError:
                     raise
                 except SQLAlchemyError as exc:  # refused for good: not retried, so it cannot block the queue
-                    log.error("prediction record: %d rows refused by the database, dropped: %s", rows, exc)
+                    reason = getattr(exc, "orig", None) or exc  # the driver's words, not the rows' values
+                    log.error(
+                        "prediction record: %d rows refused by the database, dropped: %s: %s",
+                        rows,
+                        type(reason).__name__,
+                        str(reason).splitlines()[0][:200],
+                    )
                     metrics.PREDICTION_LOG_DROPPED.labels("write_error").inc(rows)
                     written = 0
                 done = end
                 self._release(rows)
                 metrics.PREDICTION_LOG_WRITTEN.inc(written)
             self.store.mark_flushed(self.prefix, taken_at)
+            log.debug("prediction record: %d queued items written (up to %s)", len(batch), taken_at)
         except DatabaseUnavailableError as exc:
             self._held = batch[done:]
             self._outage(str(exc))

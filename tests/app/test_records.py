@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from app.records.service import database_url
+from app.records.database import database_url
 from app.records.store import PredictionStore
 from etl.db import make_engine
 from etl.features import FEATURE_COLUMNS, FEATURE_NAMES
