@@ -123,7 +123,7 @@ def start_service(
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     env = {
-        **{key: value for key, value in os.environ.items() if key != "PROMETHEUS_MULTIPROC_DIR"},
+        **os.environ,
         "PYTHONPATH": str(ROOT),
         "HOST": "127.0.0.1",
         "PORT": str(port),
@@ -137,6 +137,7 @@ def start_service(
         "LOG_LEVEL": "INFO",
         **(extra_env or {}),
     }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     log_path = workdir / f"service-{port}.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "app"],

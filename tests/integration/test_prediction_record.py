@@ -273,7 +273,6 @@ def test_records_two_workers_write_and_find_each_others(template: Path, tmp_path
         PREDICTION_DB_URL=url,
         WORKERS="2",
         PREDICTION_LOG_FLUSH_SECONDS="2",
-        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "multiproc"),
     )
     auth = {"Authorization": f"Bearer {TOKEN}"}
     answered = []
