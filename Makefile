@@ -49,11 +49,12 @@ stack-down: $(STAMP)  ## stop what `make stack` started (from another terminal)
 secrets:  ## write .env for docker compose with every secret generated (FORCE=1: replace unusable ones in an existing .env)
 	$(PYTHON) docker/stack_env.py write $(if $(FORCE),--force,)
 
-system-deps:  ## Debian packages the integration tests use (prometheus/promtool, docker-compose, wrk, chromium)
+system-deps:  ## Debian packages the integration tests use (prometheus/promtool, docker-compose, wrk, chromium, postgresql)
 	@missing=""; \
-	for pair in prometheus:prometheus promtool:prometheus docker-compose:docker-compose wrk:wrk chromium:chromium; do \
+	for pair in prometheus:prometheus promtool:prometheus docker-compose:docker-compose wrk:wrk chromium:chromium psql:postgresql; do \
 	  cmd=$${pair%%:*}; pkg=$${pair##*:}; command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

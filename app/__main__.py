@@ -3,8 +3,9 @@
 With WORKERS > 1 each worker is its own process, so Prometheus metrics go through files in
 PROMETHEUS_MULTIPROC_DIR (created empty at every start) and a scrape of any worker sees them all.
 The HTTP protocol bounds request heads (app/server.py), and uvicorn logs through the project's one
-logging setup. Beyond loopback the service refuses to start without API_TOKEN unless
-ALLOW_UNAUTHENTICATED=true says so on purpose.
+logging setup. The prediction record's database is migrated once before the workers start. Beyond
+loopback the service refuses to start without API_TOKEN unless ALLOW_UNAUTHENTICATED=true says so on
+purpose.
 """
 
 from __future__ import annotations
@@ -87,6 +88,22 @@ def unauthenticated_exposure(settings: ServiceSettings) -> str | None:
     )
 
 
+def migrate_prediction_record(settings: ServiceSettings) -> None:
+    """Bring the prediction record's database to the current schema once, before the workers start (they
+    check again under the migration lock, so a worker started some other way is safe too). Without its
+    database PREDICTION_LOG=sync cannot answer, so it does not start; the other modes start and wait."""
+    from app.records.database import migrate
+    from etl.errors import DatabaseUnavailableError
+
+    try:
+        migrate(settings)
+    except DatabaseUnavailableError as exc:
+        if settings.prediction_log == "sync":
+            log.error("not starting: PREDICTION_LOG=sync answers only with a record, and %s", exc)
+            raise SystemExit(2) from None
+        log.warning("%s; serving anyway: answers are queued until the database can be written", exc)
+
+
 def main() -> None:
     settings = get_settings()
     setup_logging(settings.log_level)
@@ -109,6 +126,7 @@ def main() -> None:
             "APP_UID:APP_GID, which `make secrets` sets to your user; see docs/deployment.md)"
         )
         raise SystemExit(2)
+    migrate_prediction_record(settings)
     mp_dir = prepare_multiprocess_dir(settings.workers)
     if mp_dir:
         log.info("%d workers; Prometheus multiprocess files in %s", settings.workers, mp_dir)

@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
@@ -80,3 +80,9 @@ class TokenRoute(StrictJSONRoute):
             return await handler(request)
 
         return token_first
+
+
+def token_router(**kwargs: Any) -> APIRouter:
+    """A router of token routes: ``TokenRoute``, and ``require_token`` as a dependency for the OpenAPI
+    document (app/routes/pipeline.py, app/routes/records.py)."""
+    return APIRouter(route_class=TokenRoute, dependencies=[Depends(require_token)], **kwargs)

@@ -1,4 +1,5 @@
-"""Every FastAPI dependency of the routes: the settings, the served-model holder, and the bearer tokens.
+"""Every FastAPI dependency of the routes: the settings, the served-model holder, the prediction record, and
+the bearer tokens.
 
 The settings come from ``app.settings.get_settings`` (read once per process) or, for an app built with its
 own settings (``create_app(settings)``, as the tests do), from its override in ``app.dependency_overrides``.
@@ -13,6 +14,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
+from app.records.service import PredictionRecords
 from app.serving import ModelHolder
 from app.settings import ServiceSettings, get_settings
 
@@ -33,8 +35,15 @@ def get_holder(request: Request) -> ModelHolder:
     return holder
 
 
+def get_records(request: Request) -> PredictionRecords:
+    """The prediction record of the app answering ``request`` (made by ``create_app``)."""
+    records: PredictionRecords = request.app.state.records
+    return records
+
+
 SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
 HolderDep = Annotated[ModelHolder, Depends(get_holder)]
+RecordsDep = Annotated[PredictionRecords, Depends(get_records)]
 
 
 def check_bearer(request: Request, secret: SecretStr, setting: str) -> None:

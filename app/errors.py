@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.records.errors import OutcomeConflictError, PredictionNotFoundError
 from etl import errors as e
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,9 @@ STATUS_BY_ERROR: tuple[tuple[type[e.EtlError], int], ...] = (
     (e.NotServableError, 409),
     (e.TrainingInProgressError, 409),
     (e.StorageError, 502),
+    (e.DatabaseUnavailableError, 503),
+    (PredictionNotFoundError, 404),
+    (OutcomeConflictError, 409),
 )
 
 
@@ -61,11 +65,19 @@ def detail_for(exc: e.EtlError) -> str:
     return str(exc)
 
 
-def error_responses(*statuses: int, data_errors: bool = False) -> dict[int | str, dict[str, Any]]:
+def error_body(exc: e.EtlError) -> dict[str, str]:
+    """The JSON body of ``exc``'s error response (for code that answers outside FastAPI: the fast path)."""
+    return {"detail": detail_for(exc)}
+
+
+def error_responses(
+    *statuses: int, data_errors: bool = False, text: dict[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for the error statuses a route can answer.
 
     A 422 is a list of field errors (``_validation_error``); with ``data_errors`` (a route that reads a data
     source) it may also be a sentence about the data (``DataFormatError``, ``DataValidationError``).
+    ``text`` replaces the description of a status for one route.
     """
     from app.schemas import DataErrorResponse, ErrorResponse, ValidationErrorResponse
 
@@ -77,6 +89,7 @@ def error_responses(*statuses: int, data_errors: bool = False) -> dict[int | str
         422: "invalid request, or invalid data" if data_errors else "invalid request",
         502: "an upstream (data source or Google Drive) failed",
         503: "no model is served yet",
+        **(text or {}),
     }
     models = {422: DataErrorResponse if data_errors else ValidationErrorResponse}
     return {s: {"model": models.get(s, ErrorResponse), "description": text.get(s, "error")} for s in statuses}

@@ -1,5 +1,6 @@
-"""The FastAPI application: the factory ``create_app``, its lifespan (load the served model, follow
-promotions), and how the routes, error handlers, docs pages and middlewares are put together."""
+"""The FastAPI application: the factory ``create_app``, its lifespan (open the prediction record, load the
+served model, follow promotions; at shutdown write what is queued), and how the routes, error handlers,
+docs pages and middlewares are put together."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from fastapi import FastAPI
 import etl
 from app import docs, errors, metrics
 from app.middleware import BodySizeLimit, HttpMetrics, PredictFastPath
+from app.records.live import LiveFigures
+from app.records.service import PredictionRecords
 from app.routes import router
 from app.serving import ModelHolder
 from app.settings import ServiceSettings, get_settings
@@ -29,8 +32,12 @@ Cancer data), and retrains, evaluates, promotes and uploads the model on demand.
 > **Research use only.** Predictions are decision support for research. This service is not a medical
 > device and must not be used to diagnose, treat or make decisions about any patient.
 
-* `/predict`, `/predict/batch`: open. `/train`, `/evaluate`, `/upload`, `/models/{version}/promote`: need
-  `Authorization: Bearer <API_TOKEN>` when the service sets `API_TOKEN`.
+* `/predict`, `/predict/batch`: open. `/train`, `/evaluate`, `/upload`, `/models/{version}/promote`,
+  `/feedback`, `/predictions/{prediction_id}`: need `Authorization: Bearer <API_TOKEN>` when the service sets
+  `API_TOKEN`.
+* Every answer is kept in the prediction record (time, model version, the nine scores, probability, class,
+  threshold) under its `prediction_id`; `POST /feedback` adds the confirmed diagnosis, from which the live
+  quality is computed. **No patient identifier is taken or stored**: do not put one anywhere in a request.
 * Errors are JSON `{"detail": ...}`; a 422 names the field (and, in a batch, the instance index).
 """
 
@@ -46,9 +53,16 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     setup_logging(settings.log_level)
     registry = open_registry(settings)
     holder = ModelHolder(registry)
+    records = PredictionRecords(settings)
+
+    def live_figures() -> LiveFigures | None:
+        model = holder.current
+        return records.figures(model.version, model.feature_distribution) if model else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(records.start)
+        metrics.LIVE_FIGURES.source = live_figures
         await asyncio.to_thread(registry.recover)
         await asyncio.to_thread(holder.refresh)
         # the "time since" gauges survive restarts: read them back from the registry
@@ -73,6 +87,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
+            await asyncio.to_thread(records.stop)  # a graceful shutdown writes what is queued
 
     app = FastAPI(
         title="Breast cancer diagnosis service",
@@ -86,12 +101,13 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     if given:
         app.dependency_overrides[get_settings] = lambda: settings
     app.state.holder = holder
+    app.state.records = records
     errors.install(app)
     app.include_router(router)
     docs.install(app)
     metrics.init_labels()
     # innermost: valid /predict and /predict/batch are answered here, inside the instrumentation
-    app.add_middleware(PredictFastPath, holder=holder, max_batch=settings.max_batch)
+    app.add_middleware(PredictFastPath, holder=holder, max_batch=settings.max_batch, records=records)
     # http_* request metrics by route template (the instrumentator's families; /metrics not counted)
     app.add_middleware(HttpMetrics, excluded_handlers=("/metrics",))
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

@@ -5,14 +5,15 @@ WORKERS > 1) prometheus_client writes each worker's values to files and a scrape
 that describe the served model use ``mostrecent`` so every worker's latest value wins, not their sum.
 ``bcd_model_info`` is not in those files: a file keeps every label value ever set (prometheus_client cannot
 remove a series in multiprocess mode), so it is built at scrape time from the version the answering
-worker serves, and there is only ever the one series.
+worker serves, and there is only ever the one series. The live quality and input drift of the served
+version are read at scrape time too, from the prediction record's database (``LiveFiguresCollector``).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Summary, generate_latest
@@ -21,6 +22,10 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from etl.evaluate import HEADLINE
+from etl.monitoring import QUALITY_METRICS
+
+if TYPE_CHECKING:
+    from app.records.live import LiveFigures
 
 NAMESPACE = "bcd"
 # request latency buckets that resolve a 1-2 ms endpoint as well as a 30 s training
@@ -131,6 +136,79 @@ LAST_PROMOTION = Gauge(
     multiprocess_mode="max",
 )
 
+PREDICTION_LOG_WRITTEN = Counter(
+    "prediction_log_written",
+    "Predictions written to the prediction record by the background writer (PREDICTION_LOG=async)",
+    namespace=NAMESPACE,
+)
+# queue_full: answered while the queue held PREDICTION_LOG_QUEUE_ROWS (the database down, or too slow);
+# write_error: the database refused the rows for good, or was still down at shutdown
+DROP_REASONS = ("queue_full", "write_error")
+PREDICTION_LOG_DROPPED = Counter(
+    "prediction_log_dropped",
+    "Predictions answered but not recorded (PREDICTION_LOG=async), by reason",
+    ["reason"],
+    namespace=NAMESPACE,
+)
+PREDICTION_LOG_QUEUE = Gauge(
+    "prediction_log_queue_rows",
+    "Predictions waiting in memory to be written, at the writer's last turn (summed over workers)",
+    namespace=NAMESPACE,
+    multiprocess_mode="livesum",
+)
+
+
+class LiveFiguresCollector(Collector):
+    """``bcd_live_quality_ratio``, ``bcd_live_labelled_predictions`` and ``bcd_feature_drift_psi`` of the
+    served version, read at scrape time from the prediction record (app/records/live.py, cached for a few
+    seconds), so every worker reports the same figures. ``source`` gives them (or None: no series)."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], LiveFigures | None] | None = None
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        quality, labelled, drift = self._families()
+        figures = self.source() if self.source is not None else None
+        if figures is not None:
+            version = figures.version
+            labelled.add_metric([version], float(figures.labelled))
+            for name in QUALITY_METRICS:
+                value = figures.quality.get(name)
+                if value is not None:
+                    quality.add_metric([name, version], value)
+            for feature, value in (figures.drift or {}).items():
+                drift.add_metric([feature, version], value)
+        yield from (quality, labelled, drift)
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                f"{NAMESPACE}_live_quality_ratio",
+                "Quality of the served version over its newest LIVE_WINDOW labelled predictions "
+                "(from LIVE_MIN_LABELLED outcomes on)",
+                labels=["metric", "version"],
+            ),
+            GaugeMetricFamily(
+                f"{NAMESPACE}_live_labelled_predictions",
+                "Labelled predictions of the served version in the live window",
+                labels=["version"],
+            ),
+            GaugeMetricFamily(
+                f"{NAMESPACE}_feature_drift_psi",
+                "Population stability index of each feature over the newest DRIFT_WINDOW predictions against "
+                "the served version's training rows",
+                labels=["feature", "version"],
+            ),
+        )
+
+
+LIVE_FIGURES = LiveFiguresCollector()
+REGISTRY.register(LIVE_FIGURES)
+
 # children resolved once: a labelled lookup per request costs more than the increment
 PREDICTED_BENIGN = PREDICTIONS.labels("benign")
 PREDICTED_MALIGNANT = PREDICTIONS.labels("malignant")
@@ -142,6 +220,8 @@ def init_labels() -> None:
         STEP_DURATION.labels(step)
         for outcome in OUTCOMES:
             STEP_OUTCOMES.labels(step, outcome)
+    for reason in DROP_REASONS:
+        PREDICTION_LOG_DROPPED.labels(reason)
 
 
 def restore_timestamps(last_training: float | None, last_promotion: float | None) -> None:
@@ -168,6 +248,7 @@ def exposition() -> bytes:
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
     registry.register(MODEL_INFO)
+    registry.register(LIVE_FIGURES)
     return generate_latest(registry)
 
 

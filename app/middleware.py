@@ -16,8 +16,10 @@ key (the values are integers, other keys are refused), so it holds exactly two u
 which ``bytes.count`` checks in well under a microsecond. Anything else (invalid input, a duplicate key, a
 content type other than ``application/json``, too many instances, no served model) is replayed, byte for
 byte, to the FastAPI route, so every error response (422 naming the field and instance index, 503, ...)
-comes from one place. It sits inside the body-size limit and the instrumentation, so those see fast-path
-requests exactly as they see the others.
+comes from one place. One error is answered here, with the body app/errors.py gives it: the 503 of
+PREDICTION_LOG=sync when the prediction record cannot be written (replaying would try the database
+twice). It sits inside the body-size limit and the instrumentation, so those see fast-path requests exactly
+as they see the others.
 """
 
 from __future__ import annotations
@@ -35,9 +37,11 @@ from pydantic import ValidationError
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import metrics
+from app import errors, metrics
+from app.records.service import PredictionRecords
 from app.schemas import PredictBatchRequest, PredictRequest
 from app.serving import ModelHolder, ServedModel, batch_too_large, predict_many, predict_one
+from etl.errors import DatabaseUnavailableError
 from etl.features import FEATURE_MAX, FEATURE_MIN, FEATURE_NAMES
 
 Headers = Iterable[tuple[bytes, bytes]]
@@ -240,10 +244,11 @@ def plain_batch_rows(data: Any) -> np.ndarray | None:
 class PredictFastPath:
     """Answers valid POST /predict and /predict/batch without FastAPI routing (see the module docstring)."""
 
-    def __init__(self, app: ASGIApp, holder: ModelHolder, max_batch: int) -> None:
+    def __init__(self, app: ASGIApp, holder: ModelHolder, max_batch: int, records: PredictionRecords) -> None:
         self.app = app
         self.holder = holder
         self.max_batch = max_batch
+        self.records = records
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope.get("root_path"):
@@ -265,29 +270,35 @@ class PredictFastPath:
         body = await _read_body(receive)
         if body is None:  # the client went away
             return
-        payload = answer(model, body)
+        status = 200
+        try:
+            payload = await answer(model, body)
+        except DatabaseUnavailableError as exc:  # PREDICTION_LOG=sync without its database
+            status, payload = errors.status_for(exc), orjson.dumps(errors.error_body(exc))
         if payload is None:
             await self.app(scope, _replay(body, receive), send)
             return
         await send(
             {
                 "type": "http.response.start",
-                "status": 200,
+                "status": status,
                 "headers": [(b"content-length", b"%d" % len(payload)), (b"content-type", _JSON)],
             }
         )
         await send({"type": "http.response.body", "body": payload})
 
-    def _single(self, model: ServedModel, body: bytes) -> bytes | None:
+    async def _single(self, model: ServedModel, body: bytes) -> bytes | None:
         try:
             request = PredictRequest.model_validate_json(body)
         except ValidationError:
             return None
         if not _one_key_each(body, 1, wrapped=False):
             return None
-        return orjson.dumps(predict_one(model, request.row()))
+        answer = predict_one(model, request.row(), self.records)
+        await self.records.save(answer.pending)
+        return orjson.dumps(answer.counted())
 
-    def _batch(self, model: ServedModel, body: bytes) -> bytes | None:
+    async def _batch(self, model: ServedModel, body: bytes) -> bytes | None:
         try:
             X = plain_batch_rows(orjson.loads(body))
         except orjson.JSONDecodeError:
@@ -300,7 +311,9 @@ class PredictFastPath:
             X = np.array([inst.row() for inst in request.instances], dtype=np.float64)
         if batch_too_large(len(X), self.max_batch) or not _one_key_each(body, len(X), wrapped=True):
             return None
-        return orjson.dumps(predict_many(model, X))
+        answer = predict_many(model, X, self.records)
+        await self.records.save(answer.pending)
+        return orjson.dumps(answer.counted())
 
 
 async def _read_body(receive: Receive) -> bytes | None:

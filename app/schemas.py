@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from operator import attrgetter
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic.config import JsonDict
 
+from app.records.ids import MAX_LENGTH as ID_MAX_LENGTH
+from app.records.ids import MIN_LENGTH as ID_MIN_LENGTH
+from app.records.ids import PATTERN as ID_PATTERN
 from etl.errors import DataSourceNotAllowedError
 from etl.features import FEATURE_MAX, FEATURE_MIN, FEATURE_NAMES, FEATURES
 from etl.source import MAX_SOURCE_LENGTH, parse_source
@@ -56,7 +60,24 @@ if tuple(PredictRequest.model_fields) != FEATURE_NAMES:  # the fields above are 
     raise RuntimeError("PredictRequest's fields must be etl.features.FEATURE_NAMES, in that order")
 
 
+PREDICTION_ID_DESCRIPTION = (
+    "the prediction's id in the prediction record (for POST /feedback and GET /predictions/{id}); "
+    "absent when the service runs with PREDICTION_LOG=off and records nothing"
+)
+PredictionId = Annotated[
+    str,
+    Field(
+        pattern=ID_PATTERN,
+        min_length=ID_MIN_LENGTH,
+        max_length=ID_MAX_LENGTH,
+        description="an id from a /predict or /predict/batch answer",
+        examples=["9f86d081884c7d65-000000002a"],
+    ),
+]
+
+
 class Prediction(BaseModel):
+    prediction_id: str | None = Field(None, description=PREDICTION_ID_DESCRIPTION)
     label: Literal["benign", "malignant"] = Field(..., description="predicted class name")
     class_: Literal[0, 1] = Field(..., alias="class", description="0 benign, 1 malignant")
     probability_malignant: float = Field(..., ge=0.0, le=1.0, description="P(malignant) from the model")
@@ -73,6 +94,7 @@ class PredictResponse(Prediction):
         json_schema_extra={
             "examples": [
                 {
+                    "prediction_id": "9f86d081884c7d65-000000002a",
                     "label": "malignant",
                     "class": 1,
                     "probability_malignant": 0.9993,
@@ -250,11 +272,105 @@ class ModelsResponse(BaseModel):
     models: list[ModelSummary]
 
 
+class LiveQualityModel(BaseModel):
+    window: int = Field(
+        ..., description="LIVE_WINDOW: the newest labelled predictions of the version counted"
+    )
+    labelled: int = Field(..., description="labelled predictions of the served version in the window")
+    min_labelled: int = Field(..., description="LIVE_MIN_LABELLED: the ratios are null below it")
+    counts: dict[Literal["tp", "fp", "tn", "fn"], int] = Field(
+        ..., description="outcomes against answers in the window (malignant is positive)"
+    )
+    accuracy: float | None
+    recall: float | None = Field(..., description="share of malignant outcomes answered malignant")
+    precision: float | None
+    specificity: float | None
+
+
+class DriftModel(BaseModel):
+    window: int = Field(..., description="DRIFT_WINDOW: the newest predictions compared")
+    predictions: int = Field(..., description="predictions in the window")
+    min_predictions: int = Field(..., description="DRIFT_MIN_PREDICTIONS: psi is null below it")
+    psi: dict[str, float] | None = Field(
+        ...,
+        description="population stability index of each feature against the version's training rows (above "
+        "0.2: a significant shift); null below min_predictions or for a version trained without a recorded "
+        "distribution",
+    )
+
+
 class CurrentModelResponse(BaseModel):
     version: str
     threshold: float
     created_at: str | None
     metrics: dict[str, Any]
+    live: LiveQualityModel | None = Field(
+        None,
+        description="quality against reported outcomes (POST /feedback); null when the prediction record "
+        "cannot be read",
+    )
+    drift: DriftModel | None = Field(None, description="input drift; null when the record cannot be read")
+
+
+class FeedbackRequest(BaseModel):
+    """The confirmed diagnosis of one earlier prediction."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [
+                {"prediction_id": "9f86d081884c7d65-000000002a", "actual_class": 1},
+                {"prediction_id": "9f86d081884c7d65-000000002a", "actual_class": 0, "replace": True},
+            ]
+        },
+    )
+
+    prediction_id: PredictionId
+    actual_class: int = Field(
+        ..., ge=0, le=1, strict=True, description="the confirmed diagnosis: 0 benign, 1 malignant"
+    )
+    replace: bool = Field(
+        False,
+        description="replace a different outcome already on record (the old one stays in its history); "
+        "without it a conflicting report is a 409",
+    )
+
+
+class FeedbackResponse(BaseModel):
+    """The outcome on record; a repeated identical report gets the same answer."""
+
+    prediction_id: str
+    actual_class: Literal[0, 1]
+    actual_label: Literal["benign", "malignant"]
+    predicted_class: Literal[0, 1] = Field(..., description="what the service answered")
+    correct: bool = Field(..., description="the answer matched the outcome")
+    model_version: str = Field(..., description="the version that answered")
+    reported_at: datetime = Field(..., description="when this outcome was recorded (UTC)")
+
+
+class OutcomeModel(BaseModel):
+    actual_class: Literal[0, 1]
+    reported_at: datetime
+
+
+class PredictionRecordResponse(BaseModel):
+    """One prediction as recorded: when, which model, the inputs, the answer, and its outcome."""
+
+    prediction_id: str
+    created_at: datetime = Field(..., description="when the answer was made (UTC)")
+    model_version: str
+    threshold: float
+    probability_malignant: float
+    class_: Literal[0, 1] = Field(..., alias="class", description="the answer: 0 benign, 1 malignant")
+    label: Literal["benign", "malignant"]
+    features: dict[str, int] = Field(..., description="the nine scores as received (snake_case names)")
+    outcome: OutcomeModel | None = Field(..., description="the outcome on record, null until reported")
+    history: list[OutcomeModel] = Field(
+        ..., description="every accepted outcome report, oldest first (the last is the outcome on record)"
+    )
+
+    model_config = ConfigDict(populate_by_name=True)
 
 
 class HealthResponse(BaseModel):

@@ -1,5 +1,6 @@
-"""The prediction core: the served model, the holder that swaps it, and the response bodies of /predict and
-/predict/batch, built here for both the FastAPI routes and the pure ASGI fast path (app/middleware.py).
+"""The prediction core: the served model, the holder that swaps it, and the answers of /predict and
+/predict/batch (body, record, metrics), built here for both the FastAPI routes and the pure ASGI fast path
+(app/middleware.py).
 
 The model is loaded and verified off the hot path and swapped by one reference assignment, so a request
 sees one whole model from start to end.
@@ -10,16 +11,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from app import metrics
+from app.records.ids import format_id
+from app.records.pending import ManyPending, OnePending, Pending
 from etl.errors import EtlError, NoServedModelError
 from etl.features import LABELS
 from etl.registry import Registry
 from etl.scorer import LinearModel
+
+if TYPE_CHECKING:
+    from app.records.service import PredictionRecords
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +41,9 @@ class ServedModel:
     scorer: LinearModel
     metrics: dict[str, Any]
     created_at: str | None
+    # meta.json's feature_distribution: the training rows' scores, the reference of input drift (None for a
+    # version trained before it was recorded)
+    feature_distribution: dict[str, Any] | None = None
 
 
 class ModelHolder:
@@ -59,6 +70,7 @@ class ModelHolder:
             scorer=model,
             metrics=self.registry.read_metrics(version) or {},
             created_at=meta.get("created_at"),
+            feature_distribution=meta.get("feature_distribution"),
         )
 
     def refresh(self) -> bool:
@@ -99,36 +111,75 @@ class ModelHolder:
 # --- response bodies ----------------------------------------------------------------------------
 
 
-def predict_one(model: ServedModel, row: tuple[int, ...]) -> dict[str, Any]:
-    """The /predict response body for one row of the nine features (model column order)."""
+class Answer(NamedTuple):
+    """A prediction's response body and what goes on record. ``counted()`` records the metrics and returns
+    the body: call it once the answer is certain (after ``PredictionRecords.save``), so an answer that
+    PREDICTION_LOG=sync refuses with 503 is not counted as served."""
+
+    body: dict[str, Any]
+    pending: Pending | None
+    probabilities: Sequence[float] | np.ndarray
+    classes: Sequence[int] | np.ndarray
+    batch: bool
+
+    def counted(self) -> dict[str, Any]:
+        if self.batch:
+            metrics.BATCH_ROWS.observe(len(self.probabilities))
+        metrics.record_predictions(self.probabilities, self.classes)
+        return self.body
+
+
+def predict_one(model: ServedModel, row: tuple[int, ...], records: PredictionRecords) -> Answer:
+    """The /predict answer for one row of the nine features (model column order)."""
     p = model.scorer.proba_one(row)
     cls = 1 if p >= model.threshold else 0
-    metrics.record_predictions([p], [cls])
-    return {
+    if not records.enabled:
+        body = {
+            "label": LABELS[cls],
+            "class": cls,
+            "probability_malignant": p,
+            "threshold": model.threshold,
+            "model_version": model.version,
+        }
+        return Answer(body, None, (p,), (cls,), False)
+    mint = records.mint
+    pid = format_id(mint.prefix, mint.take())
+    body = {
+        "prediction_id": pid,
         "label": LABELS[cls],
         "class": cls,
         "probability_malignant": p,
         "threshold": model.threshold,
         "model_version": model.version,
     }
+    pending: OnePending = (pid, time.time_ns() // 1000, model.version, model.threshold, p, cls, row)
+    return Answer(body, pending, (p,), (cls,), False)
 
 
-def predict_many(model: ServedModel, X: np.ndarray) -> dict[str, Any]:
-    """The /predict/batch response body for an (n, 9) float array, predictions in row order."""
+def predict_many(model: ServedModel, X: np.ndarray, records: PredictionRecords) -> Answer:
+    """The /predict/batch answer for an (n, 9) float array, predictions in row order."""
     probs = model.scorer.proba(X)
     malignant = probs >= model.threshold
-    metrics.BATCH_ROWS.observe(len(probs))
-    metrics.record_predictions(probs, malignant)
     p_list, classes = probs.tolist(), malignant.astype(np.int8).tolist()
     labels = LABELS
-    return {
-        "model_version": model.version,
-        "threshold": model.threshold,
-        "predictions": [
+    pending = None
+    if records.enabled:
+        mint = records.mint
+        ids = mint.ids(mint.prefix, mint.take(len(p_list)), len(p_list))
+        predictions = [
+            {"prediction_id": i, "label": labels[c], "class": c, "probability_malignant": p}
+            for i, p, c in zip(ids, p_list, classes, strict=True)
+        ]
+        pending = ManyPending(
+            ids, time.time_ns() // 1000, model.version, model.threshold, probs, malignant, X
+        )
+    else:
+        predictions = [
             {"label": labels[c], "class": c, "probability_malignant": p}
             for p, c in zip(p_list, classes, strict=True)
-        ],
-    }
+        ]
+    body = {"model_version": model.version, "threshold": model.threshold, "predictions": predictions}
+    return Answer(body, pending, probs, malignant, True)
 
 
 def batch_too_large(count: int, max_batch: int) -> str | None:

@@ -11,7 +11,7 @@ from collections import Counter
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from etl.settings import Settings, settings_or_exit
 
@@ -75,6 +75,45 @@ class ServiceSettings(Settings):
     model_poll_seconds: float = Field(
         1.0, ge=0.0, description="how often a worker checks whether another one promoted a new model"
     )
+
+    # the prediction record (docs/monitoring.md, "The prediction record")
+    prediction_log: Literal["async", "sync", "off"] = Field(
+        "async",
+        description="async: records written in the background within PREDICTION_LOG_FLUSH_SECONDS; sync: "
+        "committed before the answer (503 without the database); off: not recorded",
+    )
+    prediction_db_url: SecretStr = Field(
+        SecretStr(""),
+        description="sqlite:///path or postgresql://user:password@host/db; "
+        "empty = DATA_DIR/predictions.sqlite3",
+    )
+    prediction_log_flush_seconds: float = Field(
+        1.0, gt=0.0, le=60.0, description="async: the longest a record waits in memory before it is written"
+    )
+    prediction_log_queue_rows: int = Field(
+        100_000, ge=1, description="async: most rows waiting in memory; past it predictions are not recorded"
+    )
+    prediction_retention_days: int = Field(
+        365, ge=0, description="records older than this are purged (hourly); 0 = kept for ever"
+    )
+    live_window: int = Field(
+        500, ge=1, description="live quality over the newest this many labelled predictions of the version"
+    )
+    live_min_labelled: int = Field(30, ge=1, description="live quality is reported from this many outcomes")
+    drift_window: int = Field(1000, ge=1, description="input drift over the newest this many predictions")
+    drift_min_predictions: int = Field(200, ge=1, description="input drift is reported from this many")
+    live_cache_seconds: float = Field(
+        5.0, ge=0.0, description="live figures are recomputed from the database at most this often"
+    )
+
+    @field_validator("prediction_db_url")
+    @classmethod
+    def _database_url(cls, value: SecretStr) -> SecretStr:
+        if value.get_secret_value():
+            from etl.db.engine import parse_url  # SQLAlchemy only when a URL is set
+
+            parse_url(value.get_secret_value())  # ValueError naming the rule, never the URL
+        return value
 
     @model_validator(mode="after")
     def _refuse_weak_tokens(self) -> ServiceSettings:

@@ -6,17 +6,21 @@ What it does, in order:
 
 1. trains and promotes a model with the real pipeline (``python -m etl run``) in a temporary directory, from
    the bundled ``etl/data/BreastCancer.csv`` (or ``--data``);
-2. starts the service exactly as users run it (``python -m app``: one uvicorn worker, validation, Prometheus
-   metrics and logging on, default settings) and times process start -> first ``/ready`` 200;
+2. starts the service twice, exactly as users run it (``python -m app``: one uvicorn worker, validation,
+   Prometheus metrics and logging on, default settings), once with ``PREDICTION_LOG=async`` (the default:
+   every prediction recorded in an SQLite file by the background writer) and once with ``off``, and times
+   process start -> first ``/ready`` 200;
 3. starts the floor (bench/floor_app.py: a bare ASGI app that parses the same JSON body and answers JSON)
    under the same uvicorn, on another free loopback port;
-4. warms both up, then runs ``wrk -t1 -c16 -d<N>s`` (POST bodies from a Lua script) on the floor and on
-   /predict alternately, ``--rounds`` times, so each ratio compares two runs seconds apart on a shared CPU;
-5. /predict/batch with 10,000 rows: a client loop (http.client, one kept-alive connection) that sends the
-   pre-encoded request and parses the whole response (orjson; 10,000 predictions checked), timed from
-   send to parsed; plus wrk -c2 on the same body (server throughput, no client parse);
-6. reads the service's RSS after start, after the benchmark and (``--memory-requests``) after that many more
-   single requests;
+4. warms all three up, then runs ``wrk -t1 -c16 -d<N>s`` (POST bodies from a Lua script) on the floor and on
+   both services' /predict in turn, ``--rounds`` times, so each ratio compares runs seconds apart on a
+   shared CPU;
+5. /predict/batch with 10,000 rows on both services: a client loop (http.client, one kept-alive connection)
+   that sends the pre-encoded request and parses the whole response (orjson; 10,000 predictions checked),
+   timed from send to parsed; plus wrk -c2 on the same body (server throughput, no client parse);
+6. reads the async service's RSS after start, after the benchmark and (``--memory-requests``) after that
+   many more single requests; then stops it gracefully and counts its records: every prediction it answered
+   must be on record or counted as dropped;
 7. prints a table and writes bench/results/<UTC timestamp>.json.
 
 It is a benchmark, not a test: it exits 0 whatever the figures (non-zero only when it cannot run).
@@ -33,6 +37,7 @@ import platform
 import re
 import shutil
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -62,6 +67,7 @@ try:
 except ImportError:  # the client's parse is part of the measurement; orjson is what a fast client uses
     from json import loads
 
+MODES = ("async", "off")  # PREDICTION_LOG of the two services measured side by side
 SINGLE_BODY = json.dumps(dict(zip([f[0] for f in FEATURES], (5, 1, 1, 1, 2, 1, 3, 1, 1), strict=True)))
 
 # wrk prints one machine-readable line at the end (latencies in microseconds)
@@ -283,20 +289,30 @@ def main(argv: list[str] | None = None) -> int:
             stderr=(tmp / "pipeline.log").open("wb"),
         )
 
-        port = free_port()
-        svc_env = env | {"PORT": str(port)}
-        log(f"starting the service: python -m app on 127.0.0.1:{port}")
-        t0 = time.monotonic()
-        svc = start([sys.executable, "-m", "app"], cwd=tmp, env=svc_env, log_path=tmp / "service.log")
-        stack.callback(stop, svc)
-        ready_at = wait_for_200(port, "/ready", svc, timeout=120)
-        report["startup_to_ready_s"] = ready_at - t0
-        report["startup_cpu_s"] = cpu_seconds(svc.pid)
-        report["rss_mib_after_start"] = rss_mib(svc.pid)
-        log(
-            f"/ready 200 after {report['startup_to_ready_s']:.2f} s; "
-            f"RSS {report['rss_mib_after_start']:.0f} MiB"
-        )
+        services: dict[str, dict[str, Any]] = {}
+        for mode in MODES:
+            port = free_port()
+            svc_env = env | {
+                "PORT": str(port),
+                "PREDICTION_LOG": mode,
+                "PREDICTION_DB_URL": f"sqlite:///{tmp / f'records-{mode}.sqlite3'}",
+            }
+            log(f"starting the service with PREDICTION_LOG={mode}: python -m app on 127.0.0.1:{port}")
+            t0 = time.monotonic()
+            log_path = tmp / f"service-{mode}.log"
+            svc = start([sys.executable, "-m", "app"], cwd=tmp, env=svc_env, log_path=log_path)
+            stack.callback(stop, svc)
+            ready_at = wait_for_200(port, "/ready", svc, timeout=120)
+            services[mode] = {"port": port, "proc": svc, "db": tmp / f"records-{mode}.sqlite3"}
+            report[mode] = {
+                "startup_to_ready_s": ready_at - t0,
+                "startup_cpu_s": cpu_seconds(svc.pid),
+                "rss_mib_after_start": rss_mib(svc.pid),
+            }
+            log(
+                f"/ready 200 after {report[mode]['startup_to_ready_s']:.2f} s; "
+                f"RSS {report[mode]['rss_mib_after_start']:.0f} MiB"
+            )
 
         floor_port = free_port()
         floor = start(
@@ -329,81 +345,91 @@ def main(argv: list[str] | None = None) -> int:
                     raise
             time.sleep(0.05)
 
-        status, body = http_call(port, "POST", "/predict", SINGLE_BODY.encode())
-        if status != 200:
-            raise RuntimeError(f"/predict answered {status}: {body[:300]!r}")
-        report["sample_response"] = json.loads(body)
+        for mode, svc in services.items():
+            status, body = http_call(svc["port"], "POST", "/predict", SINGLE_BODY.encode())
+            if status != 200:
+                raise RuntimeError(f"/predict ({mode}) answered {status}: {body[:300]!r}")
+            report[mode]["sample_response"] = json.loads(body)
 
         rows = read_rows(args.data)
         batch = {"instances": [rows[i % len(rows)] for i in range(args.batch_rows)]}
         batch_body = json.dumps(batch).encode()
         single_lua = write_lua(tmp, "single", SINGLE_BODY.encode())
         batch_lua = write_lua(tmp, "batch", batch_body)
-        predict_url = f"http://127.0.0.1:{port}/predict"
-        floor_url = f"http://127.0.0.1:{floor_port}/"
+        urls = {"floor": f"http://127.0.0.1:{floor_port}/"} | {
+            mode: f"http://127.0.0.1:{svc['port']}/predict" for mode, svc in services.items()
+        }
 
         log("warming up (3 s each) ...")
-        wrk(floor_url, single_lua, 3, args.connections)
-        wrk(predict_url, single_lua, 3, args.connections)
+        for url in urls.values():
+            wrk(url, single_lua, 3, args.connections)
 
+        async_port = services["async"]["port"]
+        dropped_before = dropped(async_port)
         rounds = []
+        names = list(urls)
         for i in range(args.rounds):
-            # alternate which goes first, so neither always gets the quieter slot
-            order = ("floor", "predict") if i % 2 == 0 else ("predict", "floor")
+            # rotate which goes first, so none always gets the quieter slot
+            order = names[i % len(names) :] + names[: i % len(names)]
             result: dict[str, Any] = {}
             for name in order:
-                url = floor_url if name == "floor" else predict_url
-                result[name] = wrk(url, single_lua, args.duration, args.connections)
-            f, p = result["floor"], result["predict"]
-            result["rps_ratio"] = p["rps"] / f["rps"]
-            result["p99_ratio"] = p["p99_us"] / f["p99_us"]
+                result[name] = wrk(urls[name], single_lua, args.duration, args.connections)
+            f = result["floor"]
+            for mode in MODES:
+                result[f"rps_ratio_{mode}"] = result[mode]["rps"] / f["rps"]
+                result[f"p99_ratio_{mode}"] = result[mode]["p99_us"] / f["p99_us"]
             result["loadavg"] = os.getloadavg()
             rounds.append(result)
             log(
-                f"round {i + 1}: floor {f['rps']:,.0f} req/s p99 {f['p99_us'] / 1e3:.2f} ms | /predict "
-                f"{p['rps']:,.0f} req/s p99 {p['p99_us'] / 1e3:.2f} ms | ratio {result['rps_ratio']:.0%}, "
-                f"p99 x{result['p99_ratio']:.1f}"
+                f"round {i + 1}: floor {f['rps']:,.0f} req/s p99 {f['p99_us'] / 1e3:.2f} ms | "
+                + " | ".join(
+                    f"{mode} {result[mode]['rps']:,.0f} req/s p99 {result[mode]['p99_us'] / 1e3:.2f} ms "
+                    f"({result[f'rps_ratio_{mode}']:.0%})"
+                    for mode in MODES
+                )
             )
-        report["single"] = {
-            "rounds": rounds,
-            "rps_ratio_median": median_of([r["rps_ratio"] for r in rounds]),
-            "p99_ratio_median": median_of([r["p99_ratio"] for r in rounds]),
+        report["single"] = {"rounds": rounds, "async_dropped": dropped(async_port) - dropped_before} | {
+            f"{kind}_ratio_median_{mode}": median_of([r[f"{kind}_ratio_{mode}"] for r in rounds])
+            for kind in ("rps", "p99")
+            for mode in MODES
         }
 
-        log(f"/predict/batch, {args.batch_rows} rows: client loop (send -> response parsed) ...")
-        batch_client_loop(port, batch_body, args.batch_rows, 3, svc.pid)  # warm-up
-        report["batch_client"] = batch_client_loop(
-            port, batch_body, args.batch_rows, args.batch_requests, svc.pid
-        )
-        log("/predict/batch: wrk -c2 (server throughput, the client does not parse) ...")
-        batch_wrk = wrk(f"http://127.0.0.1:{port}/predict/batch", batch_lua, args.duration, 2, timeout="30s")
-        batch_wrk["rows_per_s"] = batch_wrk["rps"] * args.batch_rows
-        report["batch_wrk_c2"] = batch_wrk
-        report["rss_mib_after_bench"] = rss_mib(svc.pid)
+        for mode, svc in services.items():
+            log(f"/predict/batch ({mode}), {args.batch_rows} rows: client loop (send -> response parsed) ...")
+            pid = svc["proc"].pid
+            batch_client_loop(svc["port"], batch_body, args.batch_rows, 3, pid)  # warm-up
+            before = dropped(svc["port"])
+            report[mode]["batch_client"] = batch_client_loop(
+                svc["port"], batch_body, args.batch_rows, args.batch_requests, pid
+            )
+            report[mode]["batch_client"]["dropped"] = dropped(svc["port"]) - before
+            log(f"/predict/batch ({mode}): wrk -c2 (server throughput, the client does not parse) ...")
+            batch_url = f"http://127.0.0.1:{svc['port']}/predict/batch"
+            before = dropped(svc["port"])
+            batch_wrk = wrk(batch_url, batch_lua, args.duration, 2, timeout="30s")
+            batch_wrk["rows_per_s"] = batch_wrk["rps"] * args.batch_rows
+            batch_wrk["dropped"] = dropped(svc["port"]) - before
+            report[mode]["batch_wrk_c2"] = batch_wrk
+            report[mode]["rss_mib_after_bench"] = rss_mib(pid)
 
+        svc = services["async"]
         if args.memory_requests:
             log(f"memory: {args.memory_requests:,} more single requests ...")
             sent = 0
             rss_trace = []
             started = time.monotonic()
             while sent < args.memory_requests:
-                r = wrk(predict_url, single_lua, 20, args.connections)
+                r = wrk(urls["async"], single_lua, 20, args.connections)
                 sent += r["requests"]
-                rss_trace.append((sent, rss_mib(svc.pid)))
+                rss_trace.append((sent, rss_mib(svc["proc"].pid)))
                 log(f"  {sent:,} requests, RSS {rss_trace[-1][1]:.1f} MiB")
             report["memory"] = {
                 "requests": sent,
                 "seconds": time.monotonic() - started,
                 "rss_mib_trace": rss_trace,
-                "rss_mib_after": rss_mib(svc.pid),
+                "rss_mib_after": rss_mib(svc["proc"].pid),
             }
-        status, metrics_text = http_call(port, "GET", "/metrics")
-        counted = re.search(
-            rb'^http_requests_total\{handler="/predict",method="POST",status="200"\} (\S+)$',
-            metrics_text,
-            re.MULTILINE,
-        )
-        report["metrics_predict_200_total"] = float(counted.group(1)) if counted else None
+        report["record"] = record_check(svc["port"], svc["proc"], svc["db"])
         report["machine"]["loadavg_after"] = os.getloadavg()
 
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -412,6 +438,27 @@ def main(argv: list[str] | None = None) -> int:
     print_table(report)
     print(f"\nreport: {out_path.relative_to(ROOT)}")
     return 0
+
+
+def metric_total(port: int, name: str) -> float:
+    """The sum of every sample of ``name`` in one scrape of the service's /metrics."""
+    _, text = http_call(port, "GET", "/metrics")
+    pattern = rb"^" + name.encode() + rb"(?:\{[^}]*\})? (\S+)$"
+    return sum(float(v) for v in re.findall(pattern, text, re.MULTILINE))
+
+
+def dropped(port: int) -> float:
+    return metric_total(port, "bcd_prediction_log_dropped_total")
+
+
+def record_check(port: int, proc: subprocess.Popen[bytes], db: Path) -> dict[str, Any]:
+    """Every prediction the PREDICTION_LOG=async service answered during the benchmark is in its database
+    once a graceful stop has written the queue, or counted as dropped."""
+    answered, lost = metric_total(port, "bcd_predictions_total"), dropped(port)
+    stop(proc)  # SIGTERM: a graceful shutdown writes what is queued
+    with sqlite3.connect(db) as connection:
+        recorded = connection.execute("SELECT count(*) FROM predictions").fetchone()[0]
+    return {"answered": answered, "dropped": lost, "recorded": recorded}
 
 
 def print_table(report: dict[str, Any]) -> None:
@@ -423,49 +470,63 @@ def print_table(report: dict[str, Any]) -> None:
         f"1-min load average {report['machine']['loadavg_before'][0]:.1f} before, "
         f"{report['machine']['loadavg_after'][0]:.1f} after"
     )
-    print(
-        f"start-up (process start -> /ready 200): {report['startup_to_ready_s']:.2f} s wall, "
-        f"{report['startup_cpu_s']:.2f} s CPU   (target <= 3 s)"
-    )
+    for mode in MODES:
+        r = report[mode]
+        print(
+            f"start-up, PREDICTION_LOG={mode} (process start -> /ready 200): {r['startup_to_ready_s']:.2f} s "
+            f"wall, {r['startup_cpu_s']:.2f} s CPU   (target <= 3 s)"
+        )
     print()
     print(
-        "| round | floor req/s | floor p50 | floor p99 | /predict req/s | /predict p50 | /predict p99 "
-        "| req/s ratio | p99 ratio |"
+        "| round | floor req/s | floor p99 | async req/s | async p50 | async p99 | async/floor "
+        "| off req/s | off p50 | off p99 | off/floor |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for i, r in enumerate(rounds, 1):
-        f, p = r["floor"], r["predict"]
+        f, a, o = r["floor"], r["async"], r["off"]
         print(
-            f"| {i} | {f['rps']:,.0f} | {f['p50_us'] / 1e3:.2f} ms | {f['p99_us'] / 1e3:.2f} ms "
-            f"| {p['rps']:,.0f} | {p['p50_us'] / 1e3:.2f} ms | {p['p99_us'] / 1e3:.2f} ms "
-            f"| {r['rps_ratio']:.0%} | x{r['p99_ratio']:.2f} |"
+            f"| {i} | {f['rps']:,.0f} | {f['p99_us'] / 1e3:.2f} ms "
+            f"| {a['rps']:,.0f} | {a['p50_us'] / 1e3:.2f} ms | {a['p99_us'] / 1e3:.2f} ms "
+            f"| {r['rps_ratio_async']:.0%} "
+            f"| {o['rps']:,.0f} | {o['p50_us'] / 1e3:.2f} ms | {o['p99_us'] / 1e3:.2f} ms "
+            f"| {r['rps_ratio_off']:.0%} |"
         )
-    errors = sum(r["floor"]["errors"] + r["predict"]["errors"] for r in rounds)
+    errors = sum(r[name]["errors"] for r in rounds for name in ("floor", *MODES))
     print(
-        f"\n/predict vs floor, median of {len(rounds)} rounds: "
-        f"{single['rps_ratio_median']:.0%} of the floor's "
-        f"requests/s (target >= 25%), p99 x{single['p99_ratio_median']:.2f} the floor's (target <= 4x); "
-        f"wrk errors/non-2xx: {errors}"
+        f"\n/predict vs the floor, median of {len(rounds)} rounds (wrk errors/non-2xx: {errors}; "
+        f"async predictions not recorded: {single['async_dropped']:,.0f}):"
     )
-    bc, bw = report["batch_client"], report["batch_wrk_c2"]
+    for mode in MODES:
+        target = " (target >= 45%)" if mode == "async" else ""
+        print(
+            f"  PREDICTION_LOG={mode:5s} {single[f'rps_ratio_median_{mode}']:.0%} of the floor's requests/s"
+            f"{target}, p99 x{single[f'p99_ratio_median_{mode}']:.2f} the floor's"
+        )
+    print()
+    for mode in MODES:
+        bc, bw = report[mode]["batch_client"], report[mode]["batch_wrk_c2"]
+        target = "; target >= 100,000 rows/s" if mode == "async" else ""
+        print(
+            f"/predict/batch {bc['rows_per_request']:,} rows, PREDICTION_LOG={mode}, client loop (send -> "
+            f"response parsed): {bc['rows_per_s_median']:,.0f} rows/s (median {bc['latency_median_ms']:.1f} "
+            f"ms/request, {bc['requests']} requests{target}; not recorded: {bc['dropped']:,.0f})"
+        )
+        print(
+            f"    CPU per request: server {bc['server_cpu_ms_per_request']:.1f} ms + client "
+            f"{bc['client_cpu_ms_per_request']:.1f} ms = {bc['rows_per_cpu_s']:,.0f} rows per CPU-second; "
+            f"wrk -c2 (no client parse): {bw['rows_per_s']:,.0f} rows/s, p50 {bw['p50_us'] / 1e3:.1f} ms, "
+            f"p99 {bw['p99_us'] / 1e3:.1f} ms, errors/non-2xx {bw['errors']}, "
+            f"not recorded {bw['dropped']:,.0f}"
+        )
+    rec = report["record"]
     print(
-        f"/predict/batch {bc['rows_per_request']:,} rows, client loop (send -> response parsed): "
-        f"{bc['rows_per_s_median']:,.0f} rows/s (median {bc['latency_median_ms']:.1f} ms/request, "
-        f"{bc['requests']} requests; target >= 100,000 rows/s)"
+        f"\nprediction record (async): {rec['answered']:,.0f} predictions answered, {rec['recorded']:,} on "
+        f"record after a graceful stop, {rec['dropped']:,.0f} counted as dropped"
     )
-    print(
-        f"    CPU per request: server {bc['server_cpu_ms_per_request']:.1f} ms + client "
-        f"{bc['client_cpu_ms_per_request']:.1f} ms = {bc['rows_per_cpu_s']:,.0f} rows per CPU-second "
-        "(what the loop reaches when it has the CPU to itself)"
-    )
-    print(
-        f"/predict/batch wrk -c2 (no client parse): {bw['rows_per_s']:,.0f} rows/s, "
-        f"p50 {bw['p50_us'] / 1e3:.1f} ms, "
-        f"p99 {bw['p99_us'] / 1e3:.1f} ms, errors/non-2xx {bw['errors']}"
-    )
+    a = report["async"]
     line = (
-        f"RSS: {report['rss_mib_after_start']:.1f} MiB after start, "
-        f"{report['rss_mib_after_bench']:.1f} MiB after the benchmark"
+        f"RSS (async): {a['rss_mib_after_start']:.1f} MiB after start, "
+        f"{a['rss_mib_after_bench']:.1f} MiB after the benchmark"
     )
     if "memory" in report:
         m = report["memory"]

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# values that are put inside a URL (the database password) or a JSON string (the API token): unreserved
+# values that are put inside a URL (the database passwords) or a JSON string (the API token): unreserved
 # URL characters only, so that no quoting can go wrong
 URL_SAFE = re.compile(r"[A-Za-z0-9._~-]+")
 # anything else: no whitespace, quotes, backslash or "$" (docker compose would interpolate it)
@@ -74,6 +74,8 @@ def _check_fernet(value: str) -> str | None:
 SECRETS: dict[str, tuple[Callable[[], str], Callable[[str], str | None]]] = {
     "API_TOKEN": (_token, lambda v: _check_secret(v, url_safe=True)),
     "POSTGRES_PASSWORD": (_token, lambda v: _check_secret(v, url_safe=True)),
+    # the prediction record's database user (docker/postgres/init-predictions-db.sh); in PREDICTION_DB_URL
+    "PREDICTION_DB_PASSWORD": (_token, lambda v: _check_secret(v, url_safe=True)),
     "AIRFLOW_FERNET_KEY": (_fernet_key, _check_fernet),
     "AIRFLOW_JWT_SECRET": (_token, lambda v: _check_secret(v, url_safe=False)),
     "AIRFLOW_API_SECRET_KEY": (_token, lambda v: _check_secret(v, url_safe=False)),

@@ -93,3 +93,8 @@ class ArtifactExistsError(ArtifactStoreError):
 
 class ArtifactNotFoundError(ArtifactStoreError):
     """No object is stored under the key that was read."""
+
+
+class DatabaseUnavailableError(EtlError):
+    """A database could not be reached, or refused a statement because of its own state (down, read-only,
+    out of space, locked beyond the busy timeout); trying again later may succeed."""

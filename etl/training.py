@@ -20,6 +20,7 @@ from etl.evaluate import _scores, library_versions, summarise_nested
 from etl.features import FEATURE_COLUMNS, ID_COLUMN, TARGET_COLUMN
 from etl.hashing import sha256_bytes
 from etl.load import load_and_prepare
+from etl.monitoring import feature_distribution
 from etl.reference import ensure_reference
 from etl.registry import (
     HOLDOUT_FILE,
@@ -236,6 +237,8 @@ def train_version(
                 "test": _class_counts(trained.test),
             },
             "reference_sha256": reference.sha256,
+            # each feature's counts over its scores in the training rows: the reference of live input drift
+            "feature_distribution": feature_distribution(X_train),
             "parity_max_abs_diff": parity,
             "libraries": library_versions(),
             "lineage": {

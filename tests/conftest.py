@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.postgres import PostgresCluster, postgres_cluster
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,3 +180,27 @@ def live_service(tmp_path: Path, csv_url: str) -> Iterator[Service]:
         yield service
     finally:
         service.stop()
+
+
+# --- databases ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A private PostgreSQL cluster for the session (tests/postgres.py)."""
+    with postgres_cluster() as cluster:
+        yield cluster
+
+
+_DATABASES = 0
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database for one test: an SQLite file, or a new database on the private PostgreSQL."""
+    global _DATABASES
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'test.sqlite3'}"
+    _DATABASES += 1
+    cluster: PostgresCluster = request.getfixturevalue("postgres")
+    return cluster.create_database(f"test_{os.getpid()}_{_DATABASES}")

@@ -2,15 +2,16 @@
 
 predict: POST /predict, /predict/batch. models: GET /models, /models/current, /models/{version}/report and
 its figures. pipeline: POST /train, /evaluate, /upload, /models/{version}/promote, the routes that change
-state, on the one token-protected router. ops: GET /health, /ready, /metrics.
+state, on the one token-protected router. records: POST /feedback, GET /predictions/{prediction_id}, the
+prediction record, on a token router too. ops: GET /health, /ready, /metrics.
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.routes import models, ops, pipeline, predict
+from app.routes import models, ops, pipeline, predict, records
 
 router = APIRouter()
-for _module in (predict, ops, models, pipeline):
+for _module in (predict, ops, models, pipeline, records):
     router.include_router(_module.router)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import HTMLResponse, Response
 
 from app.auth import StrictJSONRoute
-from app.deps import HolderDep
+from app.deps import HolderDep, RecordsDep
 from app.errors import error_responses
 from app.schemas import CurrentModelResponse, ErrorResponse, ModelsResponse
 from etl import pipeline, report
@@ -73,14 +73,17 @@ def list_models(request: Request, holder: HolderDep) -> dict[str, Any]:
     summary="The served model",
     responses=error_responses(503),
 )
-async def current_model(holder: HolderDep) -> dict[str, Any]:
-    """Version, threshold and held-out metrics of the model answering /predict."""
+def current_model(holder: HolderDep, records: RecordsDep) -> dict[str, Any]:
+    """Version, threshold and held-out metrics of the model answering /predict, and its live quality and
+    input drift from the prediction record."""
     model = holder.get()
+    figures = records.figures(model.version, model.feature_distribution)
     return {
         "version": model.version,
         "threshold": model.threshold,
         "created_at": model.created_at,
         "metrics": model.metrics,
+        **(figures.to_dict() if figures else {"live": None, "drift": None}),
     }
 
 

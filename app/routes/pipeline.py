@@ -8,11 +8,11 @@ import time
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Body, Depends, Path
+from fastapi import Body, Path
 
 from app import metrics
-from app.auth import TokenRoute
-from app.deps import HolderDep, SettingsDep, require_token
+from app.auth import token_router
+from app.deps import HolderDep, SettingsDep
 from app.errors import REJECTIONS, error_responses
 from app.schemas import (
     EvaluateRequest,
@@ -28,7 +28,7 @@ from etl.errors import EtlError, StorageError
 from etl.load import check_override_source
 from etl.upload_results import upload_to_storage
 
-router = APIRouter(route_class=TokenRoute, dependencies=[Depends(require_token)])
+router = token_router()
 T = TypeVar("T")
 
 

@@ -10,12 +10,18 @@ from fastapi import APIRouter
 from fastapi.exceptions import RequestValidationError
 
 from app.auth import StrictJSONRoute
-from app.deps import HolderDep, SettingsDep
+from app.deps import HolderDep, RecordsDep, SettingsDep
 from app.errors import error_responses
 from app.schemas import PredictBatchRequest, PredictBatchResponse, PredictRequest, PredictResponse
 from app.serving import batch_too_large, predict_many, predict_one
 
 router = APIRouter(route_class=StrictJSONRoute, tags=["predict"])
+ERRORS = error_responses(
+    413,
+    422,
+    503,
+    text={503: "no model is served yet, or PREDICTION_LOG=sync and the record cannot be written"},
+)
 
 
 @router.post(
@@ -23,11 +29,14 @@ router = APIRouter(route_class=StrictJSONRoute, tags=["predict"])
     response_model=PredictResponse,
     status_code=200,
     summary="Predict one tumour",
-    responses=error_responses(413, 422, 503),
+    responses=ERRORS,
+    response_model_exclude_unset=True,  # no prediction_id with PREDICTION_LOG=off
 )
-async def predict(body: PredictRequest, holder: HolderDep) -> dict[str, Any]:
+async def predict(body: PredictRequest, holder: HolderDep, records: RecordsDep) -> dict[str, Any]:
     """Classify one tumour from its nine cytology scores with the served model (research use only)."""
-    return predict_one(holder.get(), body.row())
+    answer = predict_one(holder.get(), body.row(), records)
+    await records.save(answer.pending)
+    return answer.counted()
 
 
 @router.post(
@@ -35,12 +44,17 @@ async def predict(body: PredictRequest, holder: HolderDep) -> dict[str, Any]:
     response_model=PredictBatchResponse,
     status_code=200,
     summary="Predict many tumours",
-    responses=error_responses(413, 422, 503),
+    responses=ERRORS,
+    response_model_exclude_unset=True,
 )
-def predict_batch(body: PredictBatchRequest, holder: HolderDep, settings: SettingsDep) -> dict[str, Any]:
+def predict_batch(
+    body: PredictBatchRequest, holder: HolderDep, settings: SettingsDep, records: RecordsDep
+) -> dict[str, Any]:
     """Classify up to MAX_BATCH tumours in one call; predictions come back in request order."""
     refusal = batch_too_large(len(body.instances), settings.max_batch)
     if refusal:
         raise RequestValidationError([{"loc": ("body", "instances"), "msg": refusal, "type": "too_long"}])
     model = holder.get()
-    return predict_many(model, np.array([inst.row() for inst in body.instances], dtype=float))
+    answer = predict_many(model, np.array([inst.row() for inst in body.instances], dtype=float), records)
+    records.save_blocking(answer.pending)
+    return answer.counted()

@@ -44,6 +44,13 @@ def named(row: Sequence[int], names: Sequence[str] = FEATURE_NAMES) -> dict[str,
     return dict(zip(names, row, strict=True))
 
 
+def without_ids(body: dict[str, Any]) -> dict[str, Any]:
+    """A /predict or /predict/batch answer without its prediction ids (each answer gets new ones)."""
+    if "predictions" in body:
+        return {**body, "predictions": [without_ids(p) for p in body["predictions"]]}
+    return {key: value for key, value in body.items() if key != "prediction_id"}
+
+
 def only_error(response: Any) -> dict[str, Any]:
     """The one field error of a 422."""
     assert response.status_code == 422, response.text
@@ -105,8 +112,12 @@ def empty_client(tmp_path: Path) -> Iterator[TestClient]:
 
 
 @pytest.fixture(scope="module")
-def predict_client(template: tuple[Path, str]) -> Iterator[TestClient]:
+def predict_client(
+    template: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TestClient]:
     """The app over the template itself, no token, shared by a module: for requests that change nothing
-    (/predict, /predict/batch, /metrics)."""
-    with client_for(service_settings(template[0], api_token="")) as c:
+    but the prediction record (/predict, /predict/batch, /metrics), which is kept outside the template."""
+    records = tmp_path_factory.mktemp("records") / "predictions.sqlite3"
+    settings = service_settings(template[0], api_token="", prediction_db_url=f"sqlite:///{records}")
+    with client_for(settings) as c:
         yield c

@@ -121,3 +121,20 @@ def test_app_start_and_predict_import_no_plotting_library(template: tuple[Path, 
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["answers"] == [200, 200, 200, 200, 200]  # the report is served from disk, not drawn
     assert out["plotting"] == []
+
+
+def test_app_start_sync_record_without_database_exits_naming_it(tmp_path: Path) -> None:
+    """PREDICTION_LOG=sync answers only with a committed record: without its database it does not start,
+    and says so without the URL's password."""
+    url = f"postgresql://records:s3cret-Pw@127.0.0.1:{free_port()}/predictions"
+    proc = run_app(tmp_path, PREDICTION_LOG="sync", PREDICTION_DB_URL=url)
+    assert proc.returncode == 2, proc.stderr
+    assert "not starting: PREDICTION_LOG=sync answers only with a record" in proc.stderr
+    assert "s3cret-Pw" not in proc.stderr and "serving on" not in proc.stderr
+
+
+def test_app_start_bad_prediction_db_url_exits_naming_variable_not_value(tmp_path: Path) -> None:
+    proc = run_app(tmp_path, PREDICTION_DB_URL="mysql://records:s3cret-Pw@db/predictions")
+    assert proc.returncode == 2, proc.stderr
+    assert "PREDICTION_DB_URL: unsupported database 'mysql'" in proc.stderr
+    assert "s3cret-Pw" not in proc.stderr

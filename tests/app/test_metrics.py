@@ -13,6 +13,8 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from app import metrics
 from etl.evaluate import HEADLINE
+from etl.features import FEATURE_NAMES
+from etl.monitoring import QUALITY_METRICS
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "monitoring.md"
 SUFFIX = {"counter": "_total", "gauge": "", "histogram": "", "summary": ""}
@@ -25,7 +27,7 @@ def declared() -> dict[str, tuple[str, tuple[str, ...]]]:
         if isinstance(value, MetricWrapperBase):
             name = value._name + SUFFIX[value._type]
             found[name] = (value._type, tuple(value._labelnames))
-        elif isinstance(value, metrics.ServedModelInfo):  # a collector: one series, read at scrape time
+        elif isinstance(value, metrics.ServedModelInfo | metrics.LiveFiguresCollector):  # read at scrape time
             for family in value.describe():
                 found[family.name] = (family.type, tuple(family._labelnames))  # type: ignore[attr-defined]
     return found
@@ -61,6 +63,12 @@ def test_metrics_doc_lists_bounded_label_values() -> None:
     for name in HEADLINE:
         assert f"`{name}`" in rows["bcd_model_quality_ratio"][2], name
     assert rows["bcd_predictions_total"][2] == "`label` (`benign`, `malignant`)"
+    for reason in metrics.DROP_REASONS:
+        assert f"`{reason}`" in rows["bcd_prediction_log_dropped_total"][2], reason
+    for name in QUALITY_METRICS:
+        assert f"`{name}`" in rows["bcd_live_quality_ratio"][2], name
+    for name in FEATURE_NAMES:
+        assert f"`{name}`" in rows["bcd_feature_drift_psi"][2], name
 
 
 def test_observe_many_equals_observe_one_by_one():

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from app.middleware import content_length, is_json
 from etl.features import FEATURE_COLUMNS
-from tests.app.conftest import BENIGN, Served, client_for, named, sample
+from tests.app.conftest import BENIGN, Served, client_for, named, sample, without_ids
 
 JSON = {"Content-Type": "application/json"}
 ROUTE_JSON = {"Content-Type": "application/problem+json"}  # JSON for FastAPI, not for the fast path
@@ -92,7 +92,12 @@ def test_fast_path_response_equals_route_response(
     route = predict_client.post(path, content=content, headers=ROUTE_JSON)
     assert fast.status_code == route.status_code == 200
     assert fast.headers["content-type"] == route.headers["content-type"] == "application/json"
-    assert fast.json() == route.json()
+    assert without_ids(fast.json()) == without_ids(route.json())
+    ids = [
+        r.json().get("prediction_id") or [p["prediction_id"] for p in r.json()["predictions"]]
+        for r in (fast, route)
+    ]
+    assert all(ids) and ids[0] != ids[1]  # both recorded, each under ids of its own
 
 
 @pytest.mark.parametrize("value", BAD_VALUES, ids=repr)

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from etl.features import FEATURE_COLUMNS, FEATURE_NAMES
-from tests.app.conftest import BENIGN, MALIGNANT, Served, client_for, named, only_error
+from tests.app.conftest import BENIGN, MALIGNANT, Served, client_for, named, only_error, without_ids
 from tests.pipeline_support import instance, load_artifact, read_bundled
 
 
@@ -20,7 +20,14 @@ def test_predict_snake_case_matches_stored_pipeline(client: TestClient, served: 
         assert r.status_code == 200, r.text
         out = r.json()
         expected = pipeline.predict_proba(np.array([list(body.values())], dtype=float))[0, 1]
-        assert set(out) == {"label", "class", "probability_malignant", "threshold", "model_version"}
+        assert set(out) == {
+            "prediction_id",
+            "label",
+            "class",
+            "probability_malignant",
+            "threshold",
+            "model_version",
+        }
         assert abs(out["probability_malignant"] - expected) <= 1e-9
         assert out["threshold"] == meta["threshold"]
         assert out["label"] == label and out["class"] == (label == "malignant")
@@ -32,7 +39,7 @@ def test_predict_csv_names_accepted(client: TestClient):
     csv_body = dict(zip(FEATURE_COLUMNS, MALIGNANT.values(), strict=True))
     r = client.post("/predict", json=csv_body)
     assert r.status_code == 200, r.text
-    assert r.json() == client.post("/predict", json=MALIGNANT).json()
+    assert without_ids(r.json()) == without_ids(client.post("/predict", json=MALIGNANT).json())
     assert r.json()["label"] == "malignant"
 
 

@@ -76,7 +76,7 @@ def test_predict_batch_every_csv_row_equals_predict_proba(
     assert out["model_version"] == version and out["threshold"] == meta["threshold"]
     assert len(out["predictions"]) == len(csv_rows)
     for prediction, p in zip(out["predictions"], _expected(pipeline, csv_rows), strict=True):
-        assert set(prediction) == {"label", "class", "probability_malignant"}
+        assert set(prediction) == {"prediction_id", "label", "class", "probability_malignant"}
         _check_prediction(prediction, float(p), meta["threshold"])
 
 

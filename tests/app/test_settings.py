@@ -22,6 +22,16 @@ SERVICE_ONLY = {
     "allow_unauthenticated",
     "metrics_token",
     "model_poll_seconds",
+    "prediction_log",
+    "prediction_db_url",
+    "prediction_log_flush_seconds",
+    "prediction_log_queue_rows",
+    "prediction_retention_days",
+    "live_window",
+    "live_min_labelled",
+    "drift_window",
+    "drift_min_predictions",
+    "live_cache_seconds",
 }
 
 

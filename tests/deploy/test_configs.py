@@ -43,6 +43,9 @@ REQUIRED_ALERTS = {
     "ServedModelRecallBelowGate",
     "TrainingStale",
     "UploadFailed",
+    "PredictionLogDropping",
+    "LiveRecallBelowGate",
+    "FeatureDrift",
 }
 
 
@@ -321,6 +324,12 @@ def test_grafana_dashboard_covers_required_panels() -> None:
         "bcd_pipeline_steps_total",
         "airflow_dagrun_duration_seconds_count",
         "ALERTS",
+        "bcd_live_quality_ratio",
+        "bcd_live_labelled_predictions",
+        "bcd_feature_drift_psi",
+        "bcd_prediction_log_dropped_total",
+        "bcd_prediction_log_written_total",
+        "bcd_prediction_log_queue_rows",
     ):
         assert needle in exprs, f"no panel queries {needle}"
 

@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 
 from etl.errors import TrainingInProgressError
+from etl.features import FEATURE_COLUMNS, FEATURE_NAMES
 from etl.pipeline import evaluate_version, open_registry, train_version
 from tests.etl.conftest import trained_copy
-from tests.pipeline_support import QUICK_NESTED, make_settings
+from tests.pipeline_support import QUICK_NESTED, bundled_complete_rows, make_settings
 
 
 def test_pipeline_train_then_evaluate_promotes_a_model_that_meets_the_targets(
@@ -95,3 +96,21 @@ def test_pipeline_second_concurrent_training_is_refused(tmp_path: Path, bundled_
     with registry.training_lock(), pytest.raises(TrainingInProgressError, match="already running"):
         train_version(settings, registry)
     assert registry.versions() == []
+
+
+def test_pipeline_meta_records_training_rows_feature_distribution(tmp_path: Path, trained_template):
+    """meta.json's feature_distribution counts each score of each feature over exactly the training rows:
+    the clean data minus the reference patients minus the held-out rows, counted here independently."""
+    settings, trained = trained_copy(trained_template, tmp_path)
+    registry = open_registry(settings)
+    meta = registry.read_meta(trained.version)
+    clean = bundled_complete_rows().drop_duplicates()
+    reference = pd.read_csv(settings.results_dir / "reference" / "reference.csv")
+    pool = clean[~clean["Id"].isin(reference["Id"])]
+    holdout = registry.load_holdout(trained.version).astype(pool.dtypes.to_dict())
+    marked = pool.merge(holdout, how="left", on=list(pool.columns), indicator=True)
+    train = marked[marked["_merge"] == "left_only"]
+    assert len(train) == trained.rows["train"] == meta["feature_distribution"]["rows"]
+    for name, column in zip(FEATURE_NAMES, FEATURE_COLUMNS, strict=True):
+        counts = train[column].value_counts()
+        assert meta["feature_distribution"]["counts"][name] == [int(counts.get(v, 0)) for v in range(1, 11)]

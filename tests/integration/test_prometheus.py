@@ -46,20 +46,40 @@ from tests.waiting import wait_until
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TOKEN = "prometheus-test-token-0123456789"
-PREDICTIONS = 40
+PREDICTIONS = (
+    40  # single predictions; each gets its real outcome through POST /feedback (>= LIVE_MIN_LABELLED)
+)
 BATCHES = (5, 20, 40)
+# one batch of rows spread over the whole file: with the others, >= DRIFT_MIN_PREDICTIONS inputs whose PSI
+# stays below FeatureDrift's 0.2 (the file's first few hundred rows alone are a shifted sample: bland
+# chromatin was scored differently in the early collection groups)
+SPREAD = 300
 
 
-def _rows(count: int) -> list[dict[str, int]]:
-    """Real patients from the bundled CSV (rows with a missing value skipped), by the API's field names."""
+def _labelled_rows() -> list[tuple[dict[str, int], int]]:
+    """Real patients from the bundled CSV (rows with a missing value skipped), by the API's field names,
+    with their class."""
     rows = []
     with BUNDLED_CSV.open(newline="") as handle:
         for record in csv.DictReader(handle):
             if all(record[column].isdigit() for _, column, _ in FEATURES):
-                rows.append({name: int(record[column]) for name, column, _ in FEATURES})
-            if len(rows) == count:
-                return rows
-    raise AssertionError(f"the bundled CSV has fewer than {count} complete rows")
+                rows.append(
+                    ({name: int(record[column]) for name, column, _ in FEATURES}, int(record["Class"]))
+                )
+    return rows
+
+
+def _rows(count: int) -> list[dict[str, int]]:
+    """The first ``count`` complete rows of the bundled CSV."""
+    rows = [row for row, _ in _labelled_rows()[:count]]
+    assert len(rows) == count, f"the bundled CSV has fewer than {count} complete rows"
+    return rows
+
+
+def _spread_rows(count: int) -> list[dict[str, int]]:
+    """``count`` complete rows taken evenly from the whole bundled CSV."""
+    rows = [row for row, _ in _labelled_rows()]
+    return rows[:: len(rows) // count][:count]
 
 
 def _wait(prom: Prometheus, promql: str, predicate: Any, what: str, timeout: float = 60.0) -> list[Any]:
@@ -137,12 +157,25 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         with running_prometheus(config, tmp, prom_port) as prom:
             _wait(prom, 'up{job="api"}', lambda r: r and r[0]["value"][1] == "1", "the api target up")
             traffic = _drive(service, prom)
-            expected = PREDICTIONS + sum(BATCHES)
+            expected = PREDICTIONS + sum(BATCHES) + SPREAD
             _wait(
                 prom,
                 'sum(bcd_predictions_total{job="api"})',
                 lambda r: r and float(r[0]["value"][1]) == expected,
                 f"a scrape that saw all {expected} predictions",
+            )
+            # the live figures: every single prediction labelled, the drift window past its minimum
+            _wait(
+                prom,
+                'max(bcd_live_labelled_predictions{job="api"})',
+                lambda r: r and float(r[0]["value"][1]) == PREDICTIONS,
+                "the live window holding every outcome sent",
+            )
+            _wait(
+                prom,
+                'count(bcd_feature_drift_psi{job="api"})',
+                lambda r: r and r[0]["value"][1] == "9",
+                "drift",
             )
             _rules_evaluated_after(prom, time.time())
             yield Stack(service, prom, traffic)
@@ -178,12 +211,15 @@ def _drive(service: Service, prom: Prometheus) -> dict[str, int]:
     evaluated = call("POST", "/evaluate", 200, json={"version": version}, headers=auth)
     assert evaluated["gate"]["passed"] and evaluated["promoted"], evaluated
     assert call("POST", "/upload", 200, json={"version": version}, headers=auth)["version"] == version
-    rows = _rows(PREDICTIONS)
-    assert call("POST", "/predict", 200, json=rows[0])["model_version"] == version
+    labelled = _labelled_rows()[:PREDICTIONS]
+    rows = [row for row, _ in labelled]
+    ids = [call("POST", "/predict", 200, json=rows[0])["prediction_id"]]
     for size in BATCHES:
         assert (
             len(call("POST", "/predict/batch", 200, json={"instances": _rows(size)})["predictions"]) == size
         )
+    spread = call("POST", "/predict/batch", 200, json={"instances": _spread_rows(SPREAD)})
+    assert len(spread["predictions"]) == SPREAD
     bad = dict(_rows(1)[0], clump_thickness=11)
     assert "detail" in call("POST", "/predict", 422, json=bad)
     assert "detail" in call("POST", "/predict/batch", 422, json={"instances": []})
@@ -199,8 +235,13 @@ def _drive(service: Service, prom: Prometheus) -> dict[str, int]:
     # the rest of the predictions, in scraped rounds: increases rate() sees
     for start in range(1, PREDICTIONS, 10):
         for row in rows[start : start + 10]:
-            assert call("POST", "/predict", 200, json=row)["model_version"] == version
+            answer = call("POST", "/predict", 200, json=row)
+            assert answer["model_version"] == version
+            ids.append(answer["prediction_id"])
         _scraped_requests(prom, sent(), f"predictions up to {start + 10}")
+    # the confirmed diagnoses of the single predictions (their real classes): the live quality
+    outcomes = [{"prediction_id": i, "actual_class": cls} for i, (_, cls) in zip(ids, labelled, strict=True)]
+    assert len(call("POST", "/feedback", 200, json=outcomes, headers=auth)) == PREDICTIONS
     # the second 502: the one 5xx increase in the window
     assert "detail" in call("POST", "/train", 502, json={"data_url": dead}, headers=auth)
     _scraped_requests(prom, sent(), "the second 502")
@@ -248,7 +289,7 @@ def test_dashboard_queries_see_the_driven_traffic(stack: Stack) -> None:
         s["metric"]["label"]: float(s["value"][1])
         for s in prom.query('sum by (label) (bcd_predictions_total{job="api"})')["data"]["result"]
     }
-    assert sum(by_label.values()) == PREDICTIONS + sum(BATCHES)
+    assert sum(by_label.values()) == PREDICTIONS + sum(BATCHES) + SPREAD
     assert by_label.get("benign", 0) > 0 and by_label.get("malignant", 0) > 0
     steps = {
         (s["metric"]["step"], s["metric"]["outcome"]): float(s["value"][1])
