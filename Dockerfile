@@ -33,7 +33,8 @@ ENV HOST=0.0.0.0 \
     DATA_DIR=/app/data \
     RESULTS_DIR=/app/results \
     UPLOAD_DIR=/app/upload \
-    GOOGLE_APPLICATION_CREDENTIALS=/app/secrets/drive_sa.json
+    GOOGLE_APPLICATION_CREDENTIALS=/app/secrets/drive_sa.json \
+    MPLCONFIGDIR=/tmp/matplotlib
 
 EXPOSE 8000
 

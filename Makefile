@@ -68,8 +68,8 @@ lint: $(STAMP)  ## ruff (including Airflow rules) and mypy on etl/, app/ and scr
 
 typecheck: lint
 
-unit: $(STAMP)  ## fast tests only (no servers, no system tools)
-	$(PY) -m pytest -m "not integration and not airflow and not tools" -q
+unit: $(STAMP)  ## fast tests only (no servers, no system tools), on two processes
+	$(PY) -m pytest -m "not integration and not airflow and not tools" -q -n 2 --dist loadfile
 
 test: $(STAMP) system-deps airflow-venv  ## the whole suite: lint, types, unit, integration (real servers), real Airflow
 	$(MAKE) --no-print-directory lint

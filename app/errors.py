@@ -20,6 +20,7 @@ STATUS_BY_ERROR: tuple[tuple[type[e.EtlError], int], ...] = (
     (e.DataFormatError, 422),
     (e.DataValidationError, 422),
     (e.ModelNotFoundError, 404),
+    (e.ReportNotFoundError, 404),
     (e.NoServedModelError, 503),
     (e.ArtifactIntegrityError, 409),
     (e.NotServableError, 409),

@@ -240,6 +240,9 @@ class ModelSummary(BaseModel):
     servable: bool
     served: bool
     metrics: dict[str, float] | None
+    report_url: str | None = Field(
+        None, description="its evaluation report (GET /models/{version}/report); null until it is evaluated"
+    )
 
 
 class ModelsResponse(BaseModel):

@@ -13,7 +13,8 @@ imports nothing from the project, so any Airflow 3 with `apache-airflow-provider
    an existing version), logs `data unchanged since version X` and skips the rest: the run succeeds.
 3. `evaluate`: `POST /evaluate` for that version (`promote` Param). **A failed quality gate fails this
    task without a retry** (it is a verdict, not a fault), with the gate's reasons in the task log; the
-   served model stays.
+   served model stays. Either way the task logs the URL of the version's evaluation report
+   (`GET /models/<version>/report` on the `ml_api` connection's host), the page people read.
 4. `upload`: `POST /upload` for that version (local backup + Google Drive); retried, as a Drive outage
    is transient.
 5. `on_failure`: runs when any task failed (`one_failed`), logs which task failed and why (every task
@@ -45,6 +46,7 @@ import re
 import time
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
+from urllib.parse import quote
 
 import requests
 from airflow.providers.http.hooks.http import HttpHook
@@ -293,10 +295,30 @@ def new_version(**context: Any) -> bool:
     return True
 
 
+def report_url(version: str) -> str:
+    """The URL of a version's evaluation report on the service, built from the ml_api connection."""
+    hook = HttpHook(method="GET", http_conn_id=ML_API_CONN_ID)
+    return hook.url_from_endpoint(f"/models/{quote(version, safe='')}/report")
+
+
+def log_report_url(version: str) -> None:
+    """One log line with the report's URL; never fails the task (the verdict is what the task is about)."""
+    try:
+        url = report_url(version)
+    except (AirflowException, ValueError) as exc:
+        log.warning(
+            "evaluation report of %s: its URL could not be built from %s: %s", version, ML_API_CONN_ID, exc
+        )
+        return
+    log.info("evaluation report of %s: %s", version, url)
+
+
 def check_evaluate(response: Response, params: dict[str, Any]) -> bool:
     body = _require_success(response, "POST /evaluate")
     version = body.get("version")
     gate = body.get("gate") or {}
+    if version:
+        log_report_url(str(version))
     if not gate.get("passed"):
         reasons = [str(r) for r in gate.get("reasons") or []] or [
             f"{c.get('name')}={c.get('value')} (limit {c.get('limit')})"

@@ -1,7 +1,7 @@
 """Command line: every pipeline step without the server.
 
 python -m etl load | train [--force] | evaluate [VERSION] | promote VERSION | upload [VERSION]
-python -m etl run [--serve-fallback] | models | rollback VERSION
+python -m etl run [--serve-fallback] | models | rollback VERSION | report [VERSION]
 python -m etl reference show | set PATH | reset
 python -m etl gate-study [--seeds N]
 """
@@ -63,6 +63,13 @@ def cmd_promote(settings: Settings, registry: Registry, args: argparse.Namespace
 def cmd_upload(settings: Settings, registry: Registry, args: argparse.Namespace) -> int:
     version = args.version or registry.require_served()
     _print(upload_to_storage(version, registry=registry, settings=settings).to_dict())
+    return 0
+
+
+def cmd_report(settings: Settings, registry: Registry, args: argparse.Namespace) -> int:
+    from etl.report import write_report
+
+    _print(write_report(registry, args.version or registry.latest_version()).to_dict())
     return 0
 
 
@@ -141,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="on failure, exit 0 if an earlier promoted model exists (used by `make run`)",
     )
     p.set_defaults(fn=cmd_run)
+    p = sub.add_parser(
+        "report", help="write the evaluation report (report.html and figures) of a version (default newest)"
+    )
+    p.add_argument("version", nargs="?")
+    p.set_defaults(fn=cmd_report)
     p = sub.add_parser("models", help="list versions with status and key metrics")
     p.set_defaults(fn=cmd_models)
     p = sub.add_parser("reference", help="show, replace or reset the pinned reference set")

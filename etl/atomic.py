@@ -91,18 +91,36 @@ def copy_file(src: Path, dest: Path) -> None:
         shutil.copyfileobj(fin, fout, _CHUNK)
 
 
+def publish_new_file(tmp: Path, dest: Path) -> bool:
+    """Flush ``tmp`` and give it the name ``dest`` (same folder) only if ``dest`` does not exist yet, then
+    flush the folder. Returns whether this call made ``dest``; ``tmp`` stays for its owner to delete."""
+    _fsync_file(tmp)
+    try:
+        os.link(tmp, dest)  # unlike a rename, a link never replaces an existing file
+    except FileExistsError:
+        return False
+    fsync_dir(dest.parent)
+    return True
+
+
 def create_file(dest: Path, data: bytes) -> bool:
     """Write ``dest`` (mode 0600) only if it does not exist yet; when several processes race, the first one's
     bytes win whole. Returns whether this call made it."""
     with temp_file(dest.parent, dest.name) as tmp:
         tmp.write_bytes(data)
-        _fsync_file(tmp)
-        try:
-            os.link(tmp, dest)  # unlike a rename, a link never replaces an existing file
-        except FileExistsError:
-            return False
-        fsync_dir(dest.parent)
-        return True
+        return publish_new_file(tmp, dest)
+
+
+def make_dirs(path: Path) -> None:
+    """``mkdir -p path``, flushing the parent of each folder it creates, so that a file published inside
+    survives a power cut together with the folders leading to it."""
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        folder.mkdir(exist_ok=True)
+        fsync_dir(folder.parent)
 
 
 # -- folders -------------------------------------------------------------------------------------------

@@ -29,6 +29,11 @@ class ModelNotFoundError(EtlError):
     """No model version with that name exists in the registry."""
 
 
+class ReportNotFoundError(EtlError):
+    """A version has no evaluation report (not evaluated yet, or written before reports existed), or the
+    report has no figure of that name."""
+
+
 class NoServedModelError(EtlError):
     """No version has been promoted yet, so there is nothing to serve."""
 
@@ -79,3 +84,17 @@ class DriveConfigError(StorageError):
 class DatabaseUnavailableError(EtlError):
     """A database could not be reached, or refused a statement because of its own state (down, read-only,
     out of space, locked beyond the busy timeout); trying again later may succeed."""
+
+
+class ArtifactStoreError(StorageError):
+    """An operation of the artifact store (etl/artifacts.py) failed: the store is unreachable, refused the
+    credentials, or kept failing after the retries. ``step`` names the operation and the key (for example
+    ``put_new v3/model.joblib``); the message never holds credentials or what the server said."""
+
+
+class ArtifactExistsError(ArtifactStoreError):
+    """A create-only write found the key already there; the object that was there is unchanged."""
+
+
+class ArtifactNotFoundError(ArtifactStoreError):
+    """No object is stored under the key that was read."""

@@ -54,6 +54,27 @@ def expected_calibration_error(
     return ece
 
 
+def reliability_bins(y_true: np.ndarray, proba: np.ndarray) -> list[dict[str, Any]]:
+    """The reliability diagram in the ECE's ten equal-width bins: per bin the rows in it, their mean predicted
+    probability and the observed malignant share (None for an empty bin)."""
+    y_true, proba = np.asarray(y_true, dtype=float), np.asarray(proba, dtype=float)
+    bins = np.minimum((proba * ECE_BINS).astype(int), ECE_BINS - 1)
+    table = []
+    for b in range(ECE_BINS):
+        m = bins == b
+        rows = int(m.sum())
+        table.append(
+            {
+                "lower": b / ECE_BINS,
+                "upper": (b + 1) / ECE_BINS,
+                "rows": rows,
+                "mean_predicted": float(proba[m].mean()) if rows else None,
+                "observed": float(y_true[m].mean()) if rows else None,
+            }
+        )
+    return table
+
+
 def _counts(y_true: np.ndarray, y_pred: np.ndarray, w: np.ndarray) -> tuple[float, float, float, float]:
     tp = float(w[(y_pred == 1) & (y_true == 1)].sum())
     fp = float(w[(y_pred == 1) & (y_true == 0)].sum())

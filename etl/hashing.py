@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from io import BufferedIOBase
 from pathlib import Path
 
 
@@ -13,7 +14,13 @@ def sha256_bytes(data: bytes) -> str:
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file, read in chunks."""
     with Path(path).open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+        return sha256_stream(fh)
+
+
+def sha256_stream(fh: BufferedIOBase) -> str:
+    """Hex sha256 of what a binary file object (a local file, an object store's stream) holds, read in
+    chunks."""
+    return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def md5_file(path: Path) -> str:

@@ -13,15 +13,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from etl.evaluate import classification_metrics, library_versions, with_intervals
+from etl.evaluate import classification_metrics, library_versions, reliability_bins, with_intervals
 from etl.features import FEATURE_COLUMNS, TARGET_COLUMN
 from etl.gate import GateRule, GateVerdict, Paired, check_quality_gate
 from etl.reference import ReferenceSet, ensure_reference
 from etl.registry import Registry
+from etl.report import write_report
 from etl.scorer import LinearModel
 from etl.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# the reference-set figures compared between the candidate and the served model (``delta_vs_served``)
+COMPARED = ("recall", "precision", "specificity", "accuracy", "f1", "roc_auc", "brier", "ece")
 
 
 @dataclass
@@ -124,6 +128,7 @@ def judge(
             "intervals": with_intervals(served_metrics),
         }
         block["paired"] = asdict(paired)
+        block["delta_vs_served"] = {k: ref_metrics[k] - served_metrics[k] for k in COMPARED}
     verdict = check_quality_gate(nested, ref_metrics, rule=rule, paired=paired, notes=notes)
     return verdict, block
 
@@ -169,6 +174,7 @@ def evaluate_version(
             notes.append(
                 f"the served version {served_version} was trained before the current reference set was pinned"
             )
+    nested_pooled = registry.load_nested(version)
     verdict, reference_block = judge(
         meta.get("nested"),
         model,
@@ -193,8 +199,28 @@ def evaluate_version(
         "trained_at": meta.get("created_at"),
         "evaluated_at": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"),
         "versions": meta.get("libraries") or library_versions(),
+        # what the report prints besides the figures above (etl/report.py prints only metrics.json)
+        "params": meta.get("params"),
+        "class_counts": meta.get("class_counts"),
+        "lineage": {"parent_version": (meta.get("lineage") or {}).get("parent_version")},
+        "reliability": None
+        if nested_pooled is None
+        else {
+            "basis": "nested CV, every row once per repeat",
+            "rows": len(nested_pooled),
+            "bins": reliability_bins(nested_pooled["y"].to_numpy(), nested_pooled["proba"].to_numpy()),
+        },
     }
     registry.write_metrics(version, metrics)
+    try:
+        write_report(registry, version)
+    except Exception:  # the report is for people: it never changes the verdict or blocks a promotion
+        log.exception(
+            "evaluate: the report of version %s could not be written; the verdict stands. Regenerate it with "
+            "`python -m etl report %s`",
+            version,
+            version,
+        )
     cand = reference_block["candidate"]
     log.info(
         "evaluate: version %s nested recall %s, reference recall %.4f (%d rows); gate %s%s",

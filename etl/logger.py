@@ -41,6 +41,15 @@ def setup_logging(level: str = "INFO") -> None:
         handler.setFormatter(EscapingFormatter(_FORMAT))
         handler._bcd = True  # type: ignore[attr-defined]
         root.addHandler(handler)
-    # third-party chatter that would otherwise drown the pipeline's own lines
-    for noisy in ("httpx", "httpcore", "googleapiclient.discovery_cache", "urllib3"):
+    # third-party chatter that would otherwise drown the pipeline's own lines; botocore's DEBUG lines also
+    # show the AWS access key id (in each request's Authorization header)
+    for noisy in (
+        "httpx",
+        "httpcore",
+        "googleapiclient.discovery_cache",
+        "urllib3",
+        "botocore",
+        "aiobotocore",
+        "s3fs",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)

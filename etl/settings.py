@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar, overload
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -84,6 +85,18 @@ class Settings(BaseSettings):
         0.01, gt=0.0, lt=0.5, description="level of the paired tests against the served model"
     )
 
+    # artifact store (etl/artifacts.py; docs/replicas.md)
+    artifact_url: str = Field(
+        "",
+        description="where each version's files are stored: a folder, file:///absolute/path or "
+        "s3://bucket/prefix; empty = RESULTS_DIR/models",
+    )
+    artifact_endpoint_url: str = Field(
+        "",
+        description="S3-compatible server for an s3:// ARTIFACT_URL (MinIO, Ceph), e.g. http://minio:9000; "
+        "empty = AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS",
+    )
+
     # model signing (etl/signing.py)
     model_signing_key: SecretStr | None = Field(
         None, description="HMAC key for model.json (32+ bytes); empty = MODEL_SIGNING_KEY_FILE"
@@ -149,6 +162,25 @@ class Settings(BaseSettings):
                 raise ValueError(f"DATA_URL_ALLOWED_HOSTS entry {n} is not a host name: {exc}") from None
         return hosts
 
+    @field_validator("artifact_url")
+    @classmethod
+    def _artifact_url(cls, value: str) -> str:
+        from etl.artifacts import parse_url
+
+        if value.strip():
+            parse_url(value)
+        return value.strip()
+
+    @field_validator("artifact_endpoint_url")
+    @classmethod
+    def _artifact_endpoint(cls, value: str) -> str:
+        parts = urlsplit(value.strip())
+        if value.strip() and (
+            parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc
+        ):
+            raise ValueError("must be an http(s)://host[:port] URL without credentials")
+        return value.strip()
+
     @field_validator("log_level")
     @classmethod
     def _known_log_level(cls, value: str) -> str:
@@ -168,6 +200,11 @@ class Settings(BaseSettings):
     @property
     def raw_dir(self) -> Path:
         return self.data_dir / "raw"
+
+    @property
+    def artifact_location(self) -> str:
+        """ARTIFACT_URL, or RESULTS_DIR/models when it is empty."""
+        return self.artifact_url or str(self.results_dir / "models")
 
     def signing_key(self) -> bytes:
         """MODEL_SIGNING_KEY, or the key file (made on first use)."""

@@ -1,4 +1,5 @@
-"""Step 5: back up a version's artifacts to ``upload/<YYYYMMDD_HHMMSS>/``, then to Google Drive if configured.
+"""Step 5: back up a version's artifacts to ``upload/<YYYYMMDD_HHMMSS>/``, then to Google Drive if configured:
+``model.joblib``, ``metrics.json`` and the evaluation report ``report.html`` (etl/report.py).
 
 The local backup is always written first (atomically: a temporary folder renamed into place), so a Drive
 outage loses nothing. The Drive state of a version (folder, file ids, status) lives in its meta.json under
@@ -22,11 +23,12 @@ from etl.errors import ArtifactIntegrityError, NotEvaluatedError, StorageError
 from etl.hashing import md5_file
 from etl.locks import file_lock
 from etl.registry import METRICS_FILE, MODEL_FILE, Registry
+from etl.report import REPORT_FILE, write_report
 from etl.settings import Settings
 
 log = logging.getLogger(__name__)
 
-UPLOADED_FILES = (MODEL_FILE, METRICS_FILE)
+UPLOADED_FILES = (MODEL_FILE, METRICS_FILE, REPORT_FILE)
 NOT_CONFIGURED = "GDRIVE_FOLDER_ID is not set"
 _MAX_UPLOAD_RECORDS = 50
 _BACKUP_NAME = re.compile(r"(\d{8}_\d{6})(?:_(\d+))?")  # <stamp> or <stamp>_<n> (write_backup)
@@ -55,7 +57,8 @@ class UploadResult:
 def upload_to_storage(
     version: str, *, registry: Registry, settings: Settings, now: datetime | None = None
 ) -> UploadResult:
-    """Back up ``version``'s model.joblib and metrics.json locally, then upload them to Google Drive.
+    """Back up ``version``'s model.joblib, metrics.json and report.html locally, then upload them to Google
+    Drive. A version evaluated before reports existed gets its report written first.
 
     Args:
         version: a registry version.
@@ -69,7 +72,8 @@ def upload_to_storage(
     Raises:
         ModelNotFoundError: no such version.
         NotEvaluatedError: the version has no metrics.json yet.
-        ArtifactIntegrityError: its model.joblib is missing.
+        ArtifactIntegrityError: its model.joblib is missing, or a file its report is drawn from fails its
+            integrity check.
         StorageError: Drive failed after retries (``DriveConfigError``: misconfigured); ``backup_dir`` says
             where the local backup is.
     """
@@ -83,6 +87,9 @@ def upload_to_storage(
                 f"version {version} has not been evaluated: run evaluate first "
                 f"(`python -m etl evaluate {version}`), then upload"
             )
+        if not (vdir / REPORT_FILE).is_file():
+            log.info("version %s has no %s yet: writing it before the upload", version, REPORT_FILE)
+            write_report(registry, version)
         stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%d_%H%M%S")
         backup_dir, files = write_backup(vdir, Path(settings.upload_dir), stamp)
         try:

@@ -112,7 +112,8 @@ def evaluate(
 def upload(
     settings: SettingsDep, holder: HolderDep, body: Annotated[UploadRequest | None, Body()] = None
 ) -> dict[str, Any]:
-    """Copy model.joblib and metrics.json to upload/<timestamp>/ and, when configured, to Google Drive."""
+    """Copy model.joblib, metrics.json and report.html to upload/<timestamp>/ and, when configured, to Google
+    Drive."""
     registry = holder.registry
     version = (body.version if body else None) or registry.require_served()
     try:

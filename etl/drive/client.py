@@ -29,7 +29,12 @@ from etl.errors import DriveConfigError
 log = logging.getLogger(__name__)
 
 FOLDER_MIME = "application/vnd.google-apps.folder"
-KNOWN_MIME_TYPES = {".joblib": "application/octet-stream", ".json": "application/json", ".csv": "text/csv"}
+KNOWN_MIME_TYPES = {
+    ".joblib": "application/octet-stream",
+    ".json": "application/json",
+    ".csv": "text/csv",
+    ".html": "text/html",
+}
 
 
 @dataclass(frozen=True)

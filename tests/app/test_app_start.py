@@ -5,13 +5,16 @@ only at the first training or upload)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from etl.features import FEATURE_NAMES
 from tests.conftest import BUNDLED_CSV, ROOT, free_port
+from tests.pipeline_support import copy_tree
 
 
 def run_app(workdir: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -74,3 +77,47 @@ def test_app_start_drive_key_missing_with_drive_folder_exits_naming_file(tmp_pat
     proc = run_app(tmp_path, GDRIVE_FOLDER_ID="folder-id", GOOGLE_APPLICATION_CREDENTIALS=str(key))
     assert proc.returncode == 2, proc.stderr
     assert f"{key} cannot be read" in proc.stderr and "No such file or directory" in proc.stderr
+
+
+# what starting the service and answering /predict must leave unimported: plotting belongs to the pipeline's
+# report (etl/report.py imports matplotlib when it writes one), never to the service's start-up or hot path
+_START_AND_PREDICT = """
+import json, sys
+import app.__main__  # what `python -m app` imports before uvicorn starts
+from fastapi.testclient import TestClient
+from app.main import create_app
+with TestClient(create_app()) as client:
+    ready = client.get("/ready")
+    assert ready.status_code == 200, ready.text
+    version = ready.json()["model_version"]
+    body = dict(zip(%r, (5, 1, 1, 1, 2, 1, 3, 1, 1)))
+    answers = [client.post("/predict", json=body).status_code]
+    answers.append(client.post("/predict/batch", json={"instances": [body]}).status_code)
+    for path in ("/models", f"/models/{version}/report", f"/models/{version}/report/roc.png"):
+        answers.append(client.get(path).status_code)
+plotting = sorted(m for m in sys.modules if m.split(".")[0] in ("matplotlib", "PIL", "seaborn", "plotly"))
+print(json.dumps({"answers": answers, "plotting": plotting}))
+"""
+
+
+def test_app_start_and_predict_import_no_plotting_library(template: tuple[Path, str], tmp_path: Path) -> None:
+    base = copy_tree(template[0], tmp_path / "state")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GDRIVE_", "GOOGLE_", "PROMETHEUS_"))}
+    env.update(
+        PYTHONPATH=str(ROOT),
+        DATA_URL=str(BUNDLED_CSV),
+        DATA_DIR=str(base / "data"),
+        RESULTS_DIR=str(base / "results"),
+        UPLOAD_DIR=str(base / "upload"),
+        MODEL_SIGNING_KEY_FILE=str(base / "secrets" / "model_signing.key"),
+        API_TOKEN="",
+        MODEL_POLL_SECONDS="0",
+    )
+    script = _START_AND_PREDICT % (FEATURE_NAMES,)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["answers"] == [200, 200, 200, 200, 200]  # the report is served from disk, not drawn
+    assert out["plotting"] == []

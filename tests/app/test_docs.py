@@ -166,6 +166,8 @@ _ERRORS = {
     ("/models/{version}/promote", "post"): {"401", "404", "409"},
     ("/models/current", "get"): {"503"},
     ("/models", "get"): set(),
+    ("/models/{version}/report", "get"): {"404", "409", "422"},
+    ("/models/{version}/report/{name}.png", "get"): {"404", "409", "422"},
     ("/health", "get"): set(),
 }
 

@@ -37,28 +37,31 @@ def test_ready_503_then_200_after_train_and_evaluate(tmp_path: Path):
         assert p.status_code == 200 and p.json()["model_version"] == version
 
 
-def test_train_returns_version_rows_and_sha(client: TestClient, served: Served):
-    r = client.post("/train", headers=AUTH, json={"force": True})
-    assert r.status_code == 200, r.text
-    out = r.json()
-    assert (
-        VERSION_RE.fullmatch(out["version"]) and out["version"] > served.version and out["unchanged"] is False
-    )
-    assert out["data_sha256"] == BUNDLED_SHA256 and out["data_source"] == "BreastCancer.csv (bundled)"
-    rows = out["rows"]
-    assert (rows["raw"], rows["missing_dropped"], rows["duplicates_dropped"]) == (699, 16, 8)
-    assert rows["train"] + rows["test"] + rows["reference_excluded"] == rows["clean"] == 675
-    assert rows["reference_excluded"] == 136
-    assert 0.0 < out["threshold"] < 1.0 and out["duration_seconds"] > 0
-    nested = out["nested"]
-    assert nested["metrics"]["recall"]["mean"] > 0.9 and nested["rows"] == 675 - 136
-    lo, hi = nested["metrics"]["recall"]["ci95"]
-    assert lo <= nested["metrics"]["recall"]["mean"] <= hi
-    assert nested["counts"]["missed_cancers"]["of"] + nested["counts"]["false_alarms"]["of"] == 675 - 136
-    assert out["calibration"] in {"isotonic", "sigmoid", "none"}
-    assert served.registry.versions() == [served.version, out["version"]]
-    assert served.registry.served_version() == served.version  # training alone never serves
-    assert client.get("/ready").json()["model_version"] == served.version
+def test_train_returns_version_rows_and_sha(served: Served):
+    with client_for(served.settings(**QUICK_NESTED)) as client:  # the figures' shape, not their values
+        r = client.post("/train", headers=AUTH, json={"force": True})
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert (
+            VERSION_RE.fullmatch(out["version"])
+            and out["version"] > served.version
+            and out["unchanged"] is False
+        )
+        assert out["data_sha256"] == BUNDLED_SHA256 and out["data_source"] == "BreastCancer.csv (bundled)"
+        rows = out["rows"]
+        assert (rows["raw"], rows["missing_dropped"], rows["duplicates_dropped"]) == (699, 16, 8)
+        assert rows["train"] + rows["test"] + rows["reference_excluded"] == rows["clean"] == 675
+        assert rows["reference_excluded"] == 136
+        assert 0.0 < out["threshold"] < 1.0 and out["duration_seconds"] > 0
+        nested = out["nested"]
+        assert nested["metrics"]["recall"]["mean"] > 0.9 and nested["rows"] == 675 - 136
+        lo, hi = nested["metrics"]["recall"]["ci95"]
+        assert lo <= nested["metrics"]["recall"]["mean"] <= hi
+        assert nested["counts"]["missed_cancers"]["of"] + nested["counts"]["false_alarms"]["of"] == 675 - 136
+        assert out["calibration"] in {"isotonic", "sigmoid", "none"}
+        assert served.registry.versions() == [served.version, out["version"]]
+        assert served.registry.served_version() == served.version  # training alone never serves
+        assert client.get("/ready").json()["model_version"] == served.version
 
 
 def test_train_twice_with_identical_data_and_settings_yields_one_version(client: TestClient, served: Served):
@@ -69,7 +72,7 @@ def test_train_twice_with_identical_data_and_settings_yields_one_version(client:
     assert first.json()["version"] == second.json()["version"] == served.version
     assert first.json()["nested"] == second.json()["nested"]
     assert served.registry.versions() == [served.version]
-    with client_for(served.settings(random_seed=1)) as reseeded:  # one training setting differs
+    with client_for(served.settings(random_seed=1, **QUICK_NESTED)) as reseeded:  # settings differ
         changed = reseeded.post("/train", headers=AUTH)
     assert changed.status_code == 200 and changed.json()["unchanged"] is False
     assert served.registry.versions() == [served.version, changed.json()["version"]]
@@ -274,11 +277,12 @@ def test_upload_defaults_to_served_version(client: TestClient, served: Served):
     assert re.fullmatch(r"\d{8}_\d{6}", out["timestamp"])
     backup = Path(out["backup_dir"])
     assert backup == served.base / "upload" / out["timestamp"]
-    assert sorted(p.name for p in backup.iterdir()) == ["metrics.json", "model.joblib"]
+    uploaded = ["metrics.json", "model.joblib", "report.html"]
+    assert sorted(p.name for p in backup.iterdir()) == uploaded
     vdir = served.base / "results" / "models" / served.version
-    for name in ("model.joblib", "metrics.json"):
+    for name in uploaded:
         assert (backup / name).read_bytes() == (vdir / name).read_bytes()
-    assert sorted(f["name"] for f in out["files"]) == ["metrics.json", "model.joblib"]
+    assert sorted(f["name"] for f in out["files"]) == uploaded
     assert out["drive"]["status"] == "skipped" and out["drive"]["reason"]
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,15 @@ def run_checks(module: Any) -> dict[str, Any]:
     for name, resp in upload_cases.items():
         results[f"upload_{name}"] = outcome(lambda resp=resp: module.check_upload(resp))
     results["reasons"] = failure_reasons(module, requests, AirflowTaskTimeout)
+    results["report_url_without_connection"] = outcome(lambda: module.log_report_url("v2"))
+    # the connection a deployment defines (docker-compose: the api service on port 8000)
+    os.environ["AIRFLOW_CONN_ML_API"] = json.dumps(
+        {"conn_type": "http", "host": "api", "port": 8000, "schema": "http", "password": "t0ken"}
+    )
+    try:
+        results["report_url"] = module.report_url("20260101T000000Z-0123abcd")
+    finally:
+        del os.environ["AIRFLOW_CONN_ML_API"]
     return results
 
 

@@ -258,6 +258,11 @@ def test_dag_run_service_up_trains_evaluates_promotes_and_uploads(
     evaluated = run.logged_response("evaluate")
     assert (evaluated["version"], evaluated["gate"]["passed"], evaluated["promoted"]) == (version, True, True)
     assert served_version(service) == version
+    report_url = f"{service.url}/models/{version}/report"
+    assert f"evaluation report of {version}: {report_url}" in run.section("evaluate")
+    page = httpx.get(report_url, timeout=30)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "PASSED the quality gate" in page.text
     ready = httpx.get(f"{service.url}/ready", timeout=10)
     assert (ready.status_code, ready.json()["model_version"]) == (200, version)
     uploaded = run.logged_response("upload")
@@ -340,6 +345,10 @@ def test_dag_run_gate_failure_fails_evaluate_keeps_served_model(
     for reason in verdict["gate"]["reasons"]:
         assert reason in failure
     assert f"the served model stays {seeded_version}" in failure
+    report_url = f"{service.url}/models/{version}/report"
+    assert f"evaluation report of {version}: {report_url}" in evaluate_log
+    page = httpx.get(report_url, timeout=30)
+    assert page.status_code == 200 and "REJECTED by the quality gate" in page.text
     assert run.tries("evaluate") == 1  # a verdict is not retried
     assert f"task evaluate failed: quality gate FAILED for version {version}" in run.section("on_failure")
     assert len(alerts) == 1, alerts  # the notification hook got the same summary

@@ -242,6 +242,15 @@ def test_dag_gate_failure_message_lists_reasons(report: dict[str, Any]) -> None:
 
 
 @pytest.mark.airflow
+def test_dag_evaluate_report_url_from_the_connection(report: dict[str, Any]) -> None:
+    checks = report["checks"]
+    assert checks["report_url"] == "http://api:8000/models/20260101T000000Z-0123abcd/report"
+    assert "t0ken" not in checks["report_url"]
+    # without the connection (never in a real run: the operator just used it) the line is skipped, no failure
+    assert checks["report_url_without_connection"] == {"outcome": "None"}
+
+
+@pytest.mark.airflow
 def test_dag_wrong_token_message_names_the_connection(report: dict[str, Any]) -> None:
     message = report["checks"]["train_401"]["message"]
     assert message.startswith("POST /train failed: HTTP 401: missing or invalid bearer token")

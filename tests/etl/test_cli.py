@@ -126,10 +126,11 @@ def test_cli_run_trains_evaluates_promotes_and_backs_up(ran):
     assert out["drive"]["status"] == "skipped"
     backup = Path(out["backup_dir"])
     assert backup.parent == template / "upload"
-    assert sorted(p.name for p in backup.iterdir()) == ["metrics.json", "model.joblib"]
+    assert sorted(p.name for p in backup.iterdir()) == ["metrics.json", "model.joblib", "report.html"]
     assert _served(template) == version
     vdir = template / "results" / "models" / version
-    assert (backup / "model.joblib").read_bytes() == (vdir / "model.joblib").read_bytes()
+    for name in ("model.joblib", "report.html"):
+        assert (backup / name).read_bytes() == (vdir / name).read_bytes()
     assert (template / "results" / "model.joblib").read_bytes() == (vdir / "model.joblib").read_bytes()
     assert "train: version" in proc.stderr and "evaluate: version" in proc.stderr  # steps log what they did
 
@@ -227,7 +228,46 @@ def test_cli_upload_backs_up_served_version(workdir: Path, etl_cli):
     assert proc.returncode == 0, proc.stderr
     out = _json(proc)
     assert out["version"] == served and out["drive"]["status"] == "skipped"
-    assert sorted(p.name for p in Path(out["backup_dir"]).iterdir()) == ["metrics.json", "model.joblib"]
+    assert sorted(p.name for p in Path(out["backup_dir"]).iterdir()) == [
+        "metrics.json",
+        "model.joblib",
+        "report.html",
+    ]
+
+
+def test_cli_report_writes_the_report_of_a_version_again(workdir: Path, etl_cli):
+    served = _served(workdir)
+    vdir = workdir / "results" / "models" / served
+    (vdir / "report.html").unlink()
+    (vdir / "report" / "roc.png").unlink()
+    proc = etl_cli(workdir, "report", served)
+    assert proc.returncode == 0, proc.stderr
+    out = _json(proc)
+    assert out["version"] == served and Path(out["report"]) == vdir / "report.html"
+    figures = [f"report/{n}.png" for n in ("roc", "pr", "threshold", "calibration", "confusion")]
+    assert sorted(out["files"]) == sorted(["report.html", *figures])
+    meta = json.loads((vdir / "meta.json").read_text())
+    for name, digest in out["files"].items():
+        assert (vdir / name).is_file() and meta["files"][name] == digest
+    assert f"report: wrote report.html and 5 figures of version {served}" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("version", "expected"),
+    [("20200101T000000Z-deadbeef", "does not exist"), ("../models", "is not a model version")],
+)
+def test_cli_report_unknown_version_exits_1(workdir: Path, version: str, expected: str, etl_cli):
+    proc = etl_cli(workdir, "report", version)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert expected in proc.stderr
+
+
+def test_cli_report_not_evaluated_version_exits_1(workdir: Path, etl_cli):
+    quick = {name.upper(): str(value) for name, value in QUICK_NESTED.items()}
+    version = _json(etl_cli(workdir, "train", "--force", **quick))["version"]
+    proc = etl_cli(workdir, "report")  # the newest: trained, not evaluated
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert f"version {version} has not been evaluated" in proc.stderr
 
 
 def test_cli_run_failure_with_fallback_serves_earlier_model(workdir: Path, tmp_path: Path, etl_cli):

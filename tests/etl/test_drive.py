@@ -39,14 +39,17 @@ def drive(tmp_path: Path) -> Iterator[DriveEnv]:
 
 @pytest.fixture
 def artifacts(tmp_path: Path) -> list[Path]:
-    """A model bigger than one 256 KiB chunk (so resumable sessions take several PUTs) and a metrics file."""
+    """What an upload carries: a model bigger than one 256 KiB chunk (so resumable sessions take several
+    PUTs), a metrics file and an evaluation report."""
     folder = tmp_path / "backup"
     folder.mkdir()
     model = folder / "model.joblib"
     model.write_bytes(os.urandom(700_000))
     metrics = folder / "metrics.json"
     metrics.write_text('{"recall": 0.99, "precision": 0.97}\n')
-    return [model, metrics]
+    report = folder / "report.html"
+    report.write_text("<!DOCTYPE html>\n<html><body><h1>Evaluation report</h1></body></html>\n")
+    return [model, metrics, report]
 
 
 CALL_ARGUMENTS = ("folder_name", "previous", "on_progress")
@@ -95,8 +98,8 @@ def test_upload_to_drive_puts_each_file_once_byte_identical(drive: DriveEnv, art
 
     assert_uploaded_once(drive, result, artifacts)
     assert result.folder_name == STAMP and result.retries == 0 and not result.reused_folder
-    model, metrics = (drive.state.files[f.id] for f in result.files)
-    assert (model.mime_type, metrics.mime_type) == ("application/octet-stream", "application/json")
+    mime_types = [drive.state.files[f.id].mime_type for f in result.files]
+    assert mime_types == ["application/octet-stream", "application/json", "text/html"]
     folder = drive.state.files[result.folder_id]
     assert folder.mime_type == FOLDER_MIME and folder.parents == [drive.parent_id]
 
@@ -122,6 +125,7 @@ def test_upload_to_drive_sends_the_model_in_several_resumable_chunks(drive: Driv
         "bytes 262144-524287/700000",
         "bytes 524288-699999/700000",
         f"bytes 0-{artifacts[1].stat().st_size - 1}/{artifacts[1].stat().st_size}",
+        f"bytes 0-{artifacts[2].stat().st_size - 1}/{artifacts[2].stat().st_size}",
     ]
 
 
@@ -226,7 +230,7 @@ def test_upload_to_drive_resumes_after_a_dropped_connection_mid_upload(
         "bytes 262144-524287/700000",
         "bytes 524288-699999/700000",
     ]
-    assert len(drive.state.calls_for("upload.init")) == 2  # one session per file, none restarted
+    assert len(drive.state.calls_for("upload.init")) == 3  # one session per file, none restarted
 
 
 def test_upload_to_drive_slow_response_past_the_timeout_is_retried_without_duplicates(
@@ -293,7 +297,7 @@ def test_upload_to_drive_rerun_with_recorded_progress_uploads_nothing_twice(
     second = run(drive, artifacts, folder_name="20260316_000000", previous=progress[-1])
 
     assert second.folder_id == first.folder_id and second.folder_name == STAMP
-    assert second.reused_folder and second.skipped == ["model.joblib", "metrics.json"]
+    assert second.reused_folder and second.skipped == ["model.joblib", "metrics.json", "report.html"]
     assert len(drive.state.calls_for("upload.init")) == uploads_before
     assert len(drive.state.calls_for("files.create")) == 1
     assert_uploaded_once(drive, second, artifacts)
@@ -345,7 +349,7 @@ def test_upload_to_drive_reuploads_a_file_whose_copy_differs(drive: DriveEnv, ar
 
     second = run(drive, artifacts, previous=progress[-1])
 
-    assert second.skipped == ["model.joblib"]
+    assert second.skipped == ["model.joblib", "report.html"]
     assert second.files[1].md5 == md5_file(artifacts[1]) and second.files[1].id != first.files[1].id
 
 
@@ -361,7 +365,8 @@ def test_upload_to_drive_after_the_recorded_folder_was_deleted_makes_a_new_one(
     second = run(drive, artifacts, folder_name="20260316_000000", previous=progress[-1])
 
     assert second.folder_id != first.folder_id and second.folder_name == STAMP
-    assert [f.name for f in second.files] == ["model.joblib", "metrics.json"] and not second.skipped
+    assert [f.name for f in second.files] == ["model.joblib", "metrics.json", "report.html"]
+    assert not second.skipped
 
 
 # -- configuration errors ------------------------------------------------------------------------

@@ -269,6 +269,7 @@ def test_drive_steps_do_not_retry_a_permanent_error_and_say_what_to_fix():
     [
         ("model.joblib", "application/octet-stream"),
         ("metrics.json", "application/json"),
+        ("report.html", "text/html"),
         ("x.csv", "text/csv"),
     ],
 )

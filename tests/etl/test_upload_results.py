@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -18,25 +20,29 @@ from etl.errors import (
     StorageError,
 )
 from etl.hashing import md5_file
-from etl.pipeline import open_registry
+from etl.pipeline import evaluate_version, open_registry
 from etl.registry import Registry, new_version_name
 from etl.settings import Settings
 from etl.upload_results import upload_to_storage
 from tests.drive_server import DriveEnv, drive_env
 from tests.drive_server.keys import SA_EMAIL
+from tests.etl.conftest import trained_copy
 from tests.pipeline_support import make_settings
 
 NOW = datetime(2026, 3, 15, 10, 15, 0, tzinfo=UTC)
 STAMP = "20260315_101500"
+UPLOADED = ("model.joblib", "metrics.json", "report.html")
 
 
 def make_version(registry: Registry, *, evaluated: bool = True, recall: float = 0.99) -> str:
-    """A registry version with a (tiny) model.joblib and, when ``evaluated``, a metrics.json."""
+    """A registry version with a (tiny) model.joblib and, when ``evaluated``, a metrics.json and a stand-in
+    report.html."""
     version = new_version_name("upload-test")
     files = {"model.json": b"{}", "model.joblib": b"a tiny stand-in", "holdout.csv": b"Class\n0\n1\n"}
     registry.create_version(version, files, {"threshold": 0.5})
     if evaluated:
         registry.write_metrics(version, {"recall": recall, "quality_gate": {"passed": True, "reasons": []}})
+        (registry.version_dir(version) / "report.html").write_text(f"<p>report of {version}</p>\n")
     return version
 
 
@@ -67,7 +73,7 @@ def test_upload_to_storage_without_folder_id_backs_up_locally_and_skips_drive(
                 "md5": md5_file(vdir / name),
                 "path": str(backup / name),
             }
-            for name in ("model.joblib", "metrics.json")
+            for name in UPLOADED
         ],
         "drive": {
             "status": "skipped",
@@ -78,8 +84,9 @@ def test_upload_to_storage_without_folder_id_backs_up_locally_and_skips_drive(
             "retries": 0,
         },
     }
-    for name in ("model.joblib", "metrics.json"):
+    for name in UPLOADED:
         assert (backup / name).read_bytes() == (vdir / name).read_bytes()
+    assert sorted(p.name for p in backup.iterdir()) == sorted(UPLOADED)
     assert sorted(p.name for p in settings.upload_dir.iterdir()) == [STAMP]  # no temporary folder left
     (record,) = registry.read_meta(version)["uploads"]
     assert record["timestamp"] == STAMP and record["drive_status"] == "skipped"
@@ -111,6 +118,23 @@ def test_upload_to_storage_missing_model_file_is_refused(local: tuple[Settings, 
 
     with pytest.raises(ArtifactIntegrityError, match=f"version {version} has no model.joblib"):
         upload_to_storage(version, registry=registry, settings=settings)
+
+
+def test_upload_to_storage_version_without_report_gets_it_written_first(tmp_path: Path, trained_template):
+    settings, trained = trained_copy(trained_template, tmp_path)
+    registry = open_registry(settings)
+    evaluate_version(settings, registry, trained.version)
+    vdir = registry.version_dir(trained.version)
+    (vdir / "report.html").unlink()  # as for a version evaluated before reports existed
+    shutil.rmtree(vdir / "report")
+
+    result = upload_to_storage(trained.version, registry=registry, settings=settings, now=NOW)
+
+    report = (vdir / "report.html").read_bytes()
+    assert report.startswith(b"<!DOCTYPE html>") and (vdir / "report" / "roc.png").is_file()
+    assert (Path(result.backup_dir) / "report.html").read_bytes() == report
+    assert [f["name"] for f in result.files] == list(UPLOADED)
+    assert registry.read_meta(trained.version)["files"]["report.html"] == hashlib.sha256(report).hexdigest()
 
 
 def test_upload_to_storage_twice_in_one_second_reuses_an_identical_backup(
@@ -205,7 +229,7 @@ def test_upload_to_storage_uploads_to_drive_and_records_ids_in_meta(
     vdir = registry.version_dir(version)
     stored = {f.name: f for f in drive.state.children(folder.id)}
     assert [(f["name"], f["id"], f["md5"]) for f in d["files"]] == [
-        (name, stored[name].id, md5_file(vdir / name)) for name in ("model.joblib", "metrics.json")
+        (name, stored[name].id, md5_file(vdir / name)) for name in UPLOADED
     ]
     assert all(stored[n].content == (vdir / n).read_bytes() for n in stored)
     meta = registry.read_meta(version)
@@ -235,7 +259,7 @@ def test_upload_to_storage_drive_down_keeps_the_backup_then_a_retry_completes_wi
     assert info.value.step == "upload model.joblib"
     assert info.value.backup_dir == str(backup)
     assert info.value.retries == settings.drive_retries
-    assert all((backup / n).read_bytes() == (vdir / n).read_bytes() for n in ("model.joblib", "metrics.json"))
+    assert all((backup / n).read_bytes() == (vdir / n).read_bytes() for n in UPLOADED)
     failed = registry.read_meta(version)["drive"]
     assert failed["status"] == "failed" and failed["step"] == "upload model.joblib"
     assert failed["folder_name"] == STAMP and failed["folder_id"]
@@ -249,12 +273,12 @@ def test_upload_to_storage_drive_down_keeps_the_backup_then_a_retry_completes_wi
     assert result.backup_dir == str(settings.upload_dir / "20260315_110000")
     (folder,) = drive.state.children(drive.parent_id, folders=True)
     stored = sorted((f.name, f.md5) for f in drive.state.children(folder.id))
-    assert stored == sorted((n, md5_file(vdir / n)) for n in ("model.joblib", "metrics.json"))
+    assert stored == sorted((n, md5_file(vdir / n)) for n in UPLOADED)
 
     # and once more: nothing new in Drive
     third = upload_to_storage(version, registry=registry, settings=settings)
-    assert third.drive["skipped"] == ["model.joblib", "metrics.json"]
-    assert len(drive.state.children(folder.id)) == 2
+    assert third.drive["skipped"] == list(UPLOADED)
+    assert len(drive.state.children(folder.id)) == len(UPLOADED)
     assert len(drive.state.children(drive.parent_id, folders=True)) == 1
 
 
@@ -281,7 +305,7 @@ def test_upload_to_storage_concurrent_uploads_of_one_version_make_one_folder(
 
     assert all(not isinstance(o, Exception) for o in outcomes) and len(outcomes) == 2, outcomes
     (folder,) = drive.state.children(drive.parent_id, folders=True)
-    assert sorted(f.name for f in drive.state.children(folder.id)) == ["metrics.json", "model.joblib"]
+    assert sorted(f.name for f in drive.state.children(folder.id)) == sorted(UPLOADED)
 
 
 @pytest.mark.integration

@@ -84,7 +84,9 @@ def _check_after_restart(service: Service) -> str:
             if backup.name.startswith(".tmp-"):
                 continue
             names = {f.name for f in backup.iterdir()}
-            assert {"model.joblib", "metrics.json"} <= names, f"incomplete backup {backup}: {names}"
+            assert {"model.joblib", "metrics.json", "report.html"} <= names, (
+                f"incomplete backup {backup}: {names}"
+            )
     return served
 
 
@@ -128,7 +130,7 @@ def test_kill9_during_pipeline_steps_then_restart_is_consistent(tmp_path: Path, 
             assert r.status_code == 200, f"trial {n} ({step}, kill after {delay:.3f}s): re-run -> {r.text}"
             if step == "upload":
                 backup = Path(r.json()["backup_dir"])
-                assert {p.name for p in backup.iterdir()} == {"model.joblib", "metrics.json"}
+                assert {p.name for p in backup.iterdir()} == {"model.joblib", "metrics.json", "report.html"}
                 assert r.json()["version"] == served
             # durations drift with machine load: follow them so kills stay inside the step
             durations[step] = 0.5 * durations[step] + 0.5 * r.elapsed.total_seconds()
@@ -193,4 +195,6 @@ def test_kill9_during_drive_upload_then_rerun_leaves_one_copy(tmp_path: Path, bu
     )
     print("\ncrash safety (Drive):", figures)
     assert sorted(contents) == sorted(folder_of.values()), f"duplicate/stray folders: {contents}; {figures}"
-    assert all(names == ["metrics.json", "model.joblib"] for names in contents.values()), contents
+    assert all(names == ["metrics.json", "model.joblib", "report.html"] for names in contents.values()), (
+        contents
+    )

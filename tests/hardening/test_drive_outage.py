@@ -53,8 +53,8 @@ def test_upload_drive_down_whole_upload_502_backup_intact_then_completes_once(
     assert "upload failed at step" in detail and "local backup is intact at" in detail, detail
     backup = Path(detail.rsplit("local backup is intact at ", 1)[1].strip())
     assert backup.parent == svc.upload_dir, detail
-    assert {p.name for p in backup.iterdir()} == {"model.joblib", "metrics.json"}
-    for name in ("model.joblib", "metrics.json"):
+    assert {p.name for p in backup.iterdir()} == {"model.joblib", "metrics.json", "report.html"}
+    for name in ("model.joblib", "metrics.json", "report.html"):
         assert (backup / name).read_bytes() == (vdir / name).read_bytes(), f"backup {name} differs"
     assert drive.state.children(drive.env.parent_id) == [], "something reached Drive while it was down"
     meta = (vdir / "meta.json").read_text()
@@ -74,7 +74,9 @@ def test_upload_drive_down_whole_upload_502_backup_intact_then_completes_once(
     folders = drive.state.children(drive.env.parent_id, folders=True)
     assert [f.id for f in folders] == [first["drive"]["folder_id"]], [(f.name, f.id) for f in folders]
     stored = drive.state.children(folders[0].id)
-    assert sorted(f.name for f in stored) == ["metrics.json", "model.joblib"], [f.name for f in stored]
+    assert sorted(f.name for f in stored) == ["metrics.json", "model.joblib", "report.html"], [
+        f.name for f in stored
+    ]
     for f in stored:
         assert f.md5 == md5_file(vdir / f.name), f"{f.name} on Drive differs from the version's file"
     log = svc.log()

@@ -160,5 +160,5 @@ def test_upload_retry_after_client_timeout_no_second_drive_copy(
     assert [f.id for f in folders] == [result["drive"]["folder_id"]], [(f.name, f.id) for f in folders]
     stored = sorted(f.name for f in drive.state.children(folders[0].id))
     print(f"\nupload retry: {len(folders)} Drive folder, files {stored}; drive {result['drive']['status']}")
-    assert stored == ["metrics.json", "model.joblib"], stored
+    assert stored == ["metrics.json", "model.joblib", "report.html"], stored
     assert meta.count('"drive_status": "uploaded"') == 2, meta

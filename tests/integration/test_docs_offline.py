@@ -1,41 +1,27 @@
 """Swagger UI and ReDoc in a real headless Chromium against a real service, with every other host blocked.
 
-The browser may reach 127.0.0.1 only: any request elsewhere (a CDN, a web font, a favicon) is aborted and
-recorded, and fails the test, as does a local request that fails or answers an error. Chromium is Debian's
-(`make system-deps` installs it), driven with Playwright; `playwright install` is never needed.
+The browser may reach 127.0.0.1 only (tests/integration/browser.py): any request elsewhere (a CDN, a web font,
+a favicon) is aborted and recorded, and fails the test, as does a local request that fails or answers an
+error.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, Request, Response, Route, WebSocket, sync_playwright
+from playwright.sync_api import Browser, Page
 
 from tests.conftest import BUNDLED_CSV, Service, start_service, wait_for
+from tests.integration.browser import TIMEOUT_MS, Traffic, chromium, offline_page
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = Path("/usr/bin/chromium")
-# what runs here as root in a container: no sandbox, no GPU, and none of Chromium's own background traffic
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TOKEN = "docs-offline-token-0123456789ab"
-TIMEOUT_MS = 90_000
 
 
 @pytest.fixture(scope="module")
@@ -64,68 +50,8 @@ def spec(service: Service) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} is missing: `make system-deps` installs Debian's chromium package")
-    with sync_playwright() as pw:
-        # Playwright starts it headless with a fresh temporary profile (--user-data-dir) each launch
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-@dataclass
-class Traffic:
-    """What a page asked for: local URLs, attempts to reach another host, and local failures."""
-
-    local: list[str] = field(default_factory=list)
-    outside: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-
-
-def _is_local(url: str) -> bool:
-    parts = urlsplit(url)
-    return parts.scheme in ("http", "https", "ws", "wss") and parts.hostname == "127.0.0.1"
-
-
-@contextlib.contextmanager
-def offline_page(browser: Browser) -> Iterator[tuple[Page, Traffic]]:
-    """A page in a fresh browser context that can reach 127.0.0.1 and nothing else."""
-    traffic = Traffic()
-    context = browser.new_context()
-
-    def route(route: Route) -> None:
-        url = route.request.url
-        if _is_local(url):
-            traffic.local.append(url)
-            route.continue_()
-        else:
-            traffic.outside.append(url)
-            route.abort("blockedbyclient")
-
-    def on_failed(request: Request) -> None:
-        if _is_local(request.url):
-            traffic.failed.append(f"{request.method} {request.url}: {request.failure}")
-
-    def on_response(response: Response) -> None:
-        if response.status >= 400:
-            traffic.failed.append(f"{response.request.method} {response.url}: {response.status}")
-
-    def on_websocket(ws: WebSocket) -> None:
-        if not _is_local(ws.url):
-            traffic.outside.append(ws.url)
-
-    context.route("**/*", route)
-    context.on("requestfailed", on_failed)
-    context.on("response", on_response)
-    page = context.new_page()
-    page.on("websocket", on_websocket)
-    page.set_default_timeout(TIMEOUT_MS)
-    try:
-        yield page, traffic
-    finally:
-        context.close()
+    with chromium() as browser:
+        yield browser
 
 
 def _open(page: Page, traffic: Traffic, url: str) -> None:

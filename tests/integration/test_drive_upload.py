@@ -76,7 +76,9 @@ def test_upload_route_sends_the_served_model_to_drive_once(service: Service, dri
     (folder,) = drive.state.children(drive.parent_id, folders=True)
     assert folder.id == drive_part["folder_id"]
     stored = {f.name: f for f in drive.state.children(folder.id)}
-    assert sorted(stored) == ["metrics.json", "model.joblib"]
+    assert sorted(stored) == ["metrics.json", "model.joblib", "report.html"]
+    assert stored["report.html"].mime_type == "text/html"
+    assert stored["report.html"].content.startswith(b"<!DOCTYPE html>")
     for item in drive_part["files"]:
         local = vdir / item["name"]
         assert stored[item["name"]].id == item["id"]
@@ -99,7 +101,7 @@ def test_upload_route_drive_down_is_502_with_step_and_backup_then_completes_with
     (backup,) = list(service.upload_dir.iterdir())
     assert f"the local backup is intact at {backup}" in detail
     vdir = service.results_dir / "models" / version
-    for name in ("model.joblib", "metrics.json"):
+    for name in ("model.joblib", "metrics.json", "report.html"):
         assert (backup / name).read_bytes() == (vdir / name).read_bytes()
     assert metric(service, "bcd_drive_upload_failures_total") == 1
     assert metric(service, "bcd_drive_upload_retries_total") == 4
@@ -111,11 +113,12 @@ def test_upload_route_drive_down_is_502_with_step_and_backup_then_completes_with
     assert done.status_code == 200 and again.status_code == 200, (done.text, again.text)
     (folder,) = drive.state.children(drive.parent_id, folders=True)
     assert done.json()["drive"]["folder_id"] == again.json()["drive"]["folder_id"] == folder.id
-    assert again.json()["drive"]["skipped"] == ["model.joblib", "metrics.json"]
+    assert again.json()["drive"]["skipped"] == ["model.joblib", "metrics.json", "report.html"]
     stored = sorted((f.name, f.md5) for f in drive.state.children(folder.id))
     assert stored == [
         ("metrics.json", md5_file(vdir / "metrics.json")),
         ("model.joblib", md5_file(vdir / "model.joblib")),
+        ("report.html", md5_file(vdir / "report.html")),
     ]
 
 
@@ -155,4 +158,5 @@ def test_upload_route_without_drive_configured_says_skipped(tmp_path: Path, csv_
         "files": [],
         "retries": 0,
     }
-    assert (Path(response.json()["backup_dir"]) / "model.joblib").is_file()
+    backup = Path(response.json()["backup_dir"])
+    assert sorted(p.name for p in backup.iterdir()) == ["metrics.json", "model.joblib", "report.html"]

@@ -117,8 +117,8 @@ def test_e2e_artifacts_on_disk(run: Run):
 def test_e2e_backup_folder_byte_identical(run: Run):
     backup = Path(run.upload["backup_dir"])
     assert backup.parent == run.service.upload_dir and backup.name == run.upload["timestamp"]
-    assert sorted(p.name for p in backup.iterdir()) == ["metrics.json", "model.joblib"]
-    for name in ("model.joblib", "metrics.json"):
+    assert sorted(p.name for p in backup.iterdir()) == ["metrics.json", "model.joblib", "report.html"]
+    for name in ("model.joblib", "metrics.json", "report.html"):
         assert (backup / name).read_bytes() == (run.vdir / name).read_bytes()
 
 
