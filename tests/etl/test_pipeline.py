@@ -12,6 +12,7 @@ from etl.errors import TrainingInProgressError
 from etl.pipeline import evaluate_version, open_registry, train_version
 from tests.etl.conftest import trained_copy
 from tests.pipeline_support import QUICK_NESTED, make_settings
+from tests.registry_support import reference_frame
 
 
 def test_pipeline_train_then_evaluate_promotes_a_model_that_meets_the_targets(
@@ -80,7 +81,7 @@ def test_pipeline_same_data_settings_and_libraries_train_once(tmp_path: Path, bu
 def test_pipeline_reference_patients_never_reach_training(tmp_path: Path, trained_template):
     settings, trained = trained_copy(trained_template, tmp_path)
     registry = open_registry(settings)
-    reference = pd.read_csv(settings.results_dir / "reference" / "reference.csv")
+    reference = reference_frame(settings.results_dir)
     holdout = registry.load_holdout(trained.version)
     nested = registry.load_nested(trained.version)
     assert nested is not None
