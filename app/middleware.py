@@ -273,7 +273,11 @@ class PredictFastPath:
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [(b"content-length", b"%d" % len(payload)), (b"content-type", _JSON)],
+                "headers": [
+                    (b"content-length", b"%d" % len(payload)),
+                    (b"content-type", _JSON),
+                    model.version_header,
+                ],
             }
         )
         await send({"type": "http.response.body", "body": payload})

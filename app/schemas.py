@@ -229,6 +229,7 @@ class PromoteResponse(BaseModel):
     version: str
     previous_version: str | None
     promoted: bool
+    epoch: int = Field(..., description="the served pointer's epoch after this promotion")
 
 
 class ModelSummary(BaseModel):
@@ -247,6 +248,9 @@ class ModelSummary(BaseModel):
 
 class ModelsResponse(BaseModel):
     served_version: str | None
+    epoch: int = Field(
+        ..., description="the served pointer's epoch: it rises by one at each promotion (expected_epoch)"
+    )
     models: list[ModelSummary]
 
 
@@ -259,6 +263,7 @@ class CurrentModelResponse(BaseModel):
 
 class HealthResponse(BaseModel):
     status: Literal["ok"]
+    model_version: str | None = Field(..., description="the version this process serves; null before one")
 
 
 class ReadyResponse(BaseModel):

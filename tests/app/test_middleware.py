@@ -93,6 +93,8 @@ def test_fast_path_response_equals_route_response(
     assert fast.status_code == route.status_code == 200
     assert fast.headers["content-type"] == route.headers["content-type"] == "application/json"
     assert fast.json() == route.json()
+    # which version answered, in a header on both paths (the fast path's is encoded once per model)
+    assert fast.headers["x-model-version"] == route.headers["x-model-version"] == fast.json()["model_version"]
 
 
 @pytest.mark.parametrize("value", BAD_VALUES, ids=repr)
