@@ -298,6 +298,11 @@ class Registry:
         if lease is None:
             with self.training_lock() as held:
                 return self.create_version(version, files, meta, lease=held)
+        if lease.lost.is_set():  # known already: spare the upload (the insert's own check is the guarantee)
+            raise LeaseLostError(
+                f"this process's {lease.name} lease expired and another process took it over: version "
+                f"{version} is not published"
+            )
         digests = {name: sha256_bytes(data) for name, data in files.items()}
         signature = sign(self._signing_key(), files[MODEL_JSON])
         created_at = meta.get("created_at") or datetime.now(UTC).isoformat(timespec="seconds")
