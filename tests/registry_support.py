@@ -111,3 +111,16 @@ def set_row(url: str, version: str, **columns: Any) -> None:
     sql(
         url, f"UPDATE registry_versions SET {assignments} WHERE version = :version", version=version, **values
     )
+
+
+def uploaded_bytes(results_dir: Path, version: str) -> dict[str, bytes]:
+    """What an upload (backup and Drive) of ``version`` must carry, read from the stores behind the
+    registry's back: model.joblib and the current report from the artifact folder, metrics.json as the
+    database's metrics in the project's JSON layout."""
+    from etl.atomic import json_bytes
+
+    return {
+        "model.joblib": (version_dir(results_dir, version) / "model.joblib").read_bytes(),
+        "metrics.json": json_bytes(metrics_of(results_dir, version)),
+        "report.html": report_path(results_dir, version).read_bytes(),
+    }

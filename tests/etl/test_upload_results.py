@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from etl.atomic import json_bytes
 from etl.errors import (
     ArtifactIntegrityError,
     DriveConfigError,
@@ -28,7 +27,14 @@ from tests.drive_server import DriveEnv, drive_env
 from tests.drive_server.keys import SA_EMAIL
 from tests.etl.conftest import trained_copy
 from tests.pipeline_support import make_settings
-from tests.registry_support import metrics_of, registry_db_url, report_path, report_record, sql, version_dir
+from tests.registry_support import (
+    registry_db_url,
+    report_path,
+    report_record,
+    sql,
+    uploaded_bytes,
+    version_dir,
+)
 
 NOW = datetime(2026, 3, 15, 10, 15, 0, tzinfo=UTC)
 STAMP = "20260315_101500"
@@ -48,14 +54,7 @@ def make_version(registry: Registry, *, evaluated: bool = True, recall: float = 
 
 
 def stored(registry: Registry, version: str) -> dict[str, bytes]:
-    """What an upload of ``version`` must carry, read from the stores behind the registry's back: the files
-    in the artifact folder, the metrics from the database in the project's JSON layout."""
-    metrics = metrics_of(registry.root, version)
-    return {
-        "model.joblib": (version_dir(registry.root, version) / "model.joblib").read_bytes(),
-        "metrics.json": json_bytes(metrics),
-        "report.html": report_path(registry.root, version).read_bytes(),
-    }
+    return uploaded_bytes(registry.root, version)
 
 
 @pytest.fixture
