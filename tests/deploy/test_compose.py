@@ -40,12 +40,14 @@ SECRETS = frozenset(
         "GRAFANA_ADMIN_PASSWORD",
         "GRAFANA_SECRET_KEY",
         "MODEL_SIGNING_KEY",
+        "REGISTRY_DB_PASSWORD",
     }
 )
 SERVICES = {
     "preflight",
     "api",
     "postgres",
+    "databases",
     "airflow-init",
     "airflow-apiserver",
     "airflow-scheduler",
@@ -306,7 +308,7 @@ def test_compose_monitoring_and_scheduler_do_not_wait_for_api(services: dict[str
 
 @pytest.mark.tools
 def test_compose_dependants_wait_for_healthy_or_completed_services(services: dict[str, Any]) -> None:
-    one_shot = {"preflight", "airflow-init"}
+    one_shot = {"preflight", "databases", "airflow-init"}
     for name, service in services.items():
         if name not in one_shot:
             assert "healthcheck" in service, f"{name} has no healthcheck"
