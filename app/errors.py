@@ -26,6 +26,9 @@ STATUS_BY_ERROR: tuple[tuple[type[e.EtlError], int], ...] = (
     (e.ArtifactIntegrityError, 409),
     (e.NotServableError, 409),
     (e.TrainingInProgressError, 409),
+    (e.UploadInProgressError, 409),
+    (e.LeaseLostError, 409),
+    (e.PromotionConflictError, 409),
     (e.StorageError, 502),
     (e.DatabaseUnavailableError, 503),
     (PredictionNotFoundError, 404),
@@ -40,6 +43,8 @@ REJECTIONS: tuple[type[e.EtlError], ...] = (
     e.ModelNotFoundError,
     e.NotServableError,
     e.TrainingInProgressError,
+    e.UploadInProgressError,
+    e.PromotionConflictError,
 )
 
 
@@ -84,7 +89,8 @@ def error_responses(
     text = {
         401: "missing or wrong bearer token",
         404: "no such model version",
-        409: "conflict: a training is running, or the version cannot be served",
+        409: "conflict: a training or upload is running, the version cannot be served, or another "
+        "promotion moved the served pointer first",
         413: "request body larger than MAX_BODY_BYTES",
         422: "invalid request, or invalid data" if data_errors else "invalid request",
         502: "an upstream (data source or Google Drive) failed",

@@ -20,6 +20,7 @@ from app.records.service import PredictionRecords
 from app.routes import router
 from app.serving import ModelHolder
 from app.settings import ServiceSettings, get_settings
+from etl.errors import DatabaseUnavailableError
 from etl.logger import setup_logging
 from etl.pipeline import open_registry
 
@@ -59,17 +60,22 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         model = holder.current
         return records.figures(model.version, model.feature_distribution) if model else None
 
+    def start_up() -> None:
+        """Recover, load the served model, restore the gauges: with the registry's database down, the
+        service starts anyway (503 on /ready) and its watcher loads the model once the database answers."""
+        try:
+            registry.recover()
+            holder.refresh()
+            # the "time since" gauges survive restarts: read them back from the registry
+            metrics.restore_timestamps(registry.last_training_time(), registry.last_promotion_time())
+        except DatabaseUnavailableError as exc:
+            log.error("starting without the registry's database: %s", exc)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(records.start)
         metrics.LIVE_FIGURES.source = live_figures
-        await asyncio.to_thread(registry.recover)
-        await asyncio.to_thread(holder.refresh)
-        # the "time since" gauges survive restarts: read them back from the registry
-        metrics.restore_timestamps(
-            await asyncio.to_thread(registry.last_training_time),
-            await asyncio.to_thread(registry.last_promotion_time),
-        )
+        await asyncio.to_thread(start_up)
         if holder.current is None:
             log.warning("no model is served yet: /predict answers 503 until one is trained and promoted")
         # the ~200k objects of the imports and the model never die: keep them out of the cyclic GC, whose

@@ -282,7 +282,8 @@ class PredictFastPath:
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [(b"content-length", b"%d" % len(payload)), (b"content-type", _JSON)],
+                "headers": [(b"content-length", b"%d" % len(payload)), (b"content-type", _JSON)]
+                + ([model.version_header] if status == 200 else []),
             }
         )
         await send({"type": "http.response.body", "body": payload})

@@ -251,6 +251,7 @@ class PromoteResponse(BaseModel):
     version: str
     previous_version: str | None
     promoted: bool
+    epoch: int = Field(..., description="the served pointer's epoch after this promotion")
 
 
 class ModelSummary(BaseModel):
@@ -269,6 +270,9 @@ class ModelSummary(BaseModel):
 
 class ModelsResponse(BaseModel):
     served_version: str | None
+    epoch: int = Field(
+        ..., description="the served pointer's epoch: it rises by one at each promotion (expected_epoch)"
+    )
     models: list[ModelSummary]
 
 
@@ -375,6 +379,7 @@ class PredictionRecordResponse(BaseModel):
 
 class HealthResponse(BaseModel):
     status: Literal["ok"]
+    model_version: str | None = Field(..., description="the version this process serves; null before one")
 
 
 class ReadyResponse(BaseModel):

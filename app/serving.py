@@ -3,7 +3,12 @@
 (app/middleware.py).
 
 The model is loaded and verified off the hot path and swapped by one reference assignment, so a request
-sees one whole model from start to end.
+sees one whole model from start to end. Every replica follows the registry's served pointer (a database row
+it polls every MODEL_POLL_SECONDS): a new version is downloaded from the artifact store, its model.json
+checked against its signature (MODEL_SIGNING_KEY, the same on every replica) and loaded; only then is it
+swapped in, the old model answering until that moment. Each answer says which version gave it: the
+``X-Model-Version`` header, built once per model (``ServedModel.version_header``) so the fast path pays
+nothing for it.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -21,7 +26,7 @@ import numpy as np
 from app import metrics
 from app.records.ids import format_id
 from app.records.pending import ManyPending, OnePending, Pending
-from etl.errors import EtlError, NoServedModelError
+from etl.errors import DatabaseUnavailableError, EtlError, NoServedModelError
 from etl.features import LABELS
 from etl.registry import Registry
 from etl.scorer import LinearModel
@@ -30,6 +35,9 @@ if TYPE_CHECKING:
     from app.records.service import PredictionRecords
 
 log = logging.getLogger(__name__)
+
+MODEL_VERSION_HEADER = "X-Model-Version"  # which model version answered (every replica sets it)
+VERSION_HEADER = MODEL_VERSION_HEADER.lower().encode()
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,11 @@ class ServedModel:
     # meta.json's feature_distribution: the training rows' scores, the reference of input drift (None for a
     # version trained before it was recorded)
     feature_distribution: dict[str, Any] | None = None
+    # the X-Model-Version header of every answer this model gives, encoded once
+    version_header: tuple[bytes, bytes] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "version_header", (VERSION_HEADER, self.version.encode("ascii")))
 
 
 class ModelHolder:
@@ -53,6 +66,7 @@ class ModelHolder:
         self.registry = registry
         self.current: ServedModel | None = None
         self._swap_lock = threading.Lock()
+        self._unreachable = False  # the registry's database failed at the last poll
 
     def get(self) -> ServedModel:
         model = self.current
@@ -78,7 +92,8 @@ class ModelHolder:
 
         A version that fails to load is logged and the current model keeps serving. Returns True on a swap.
         """
-        version = self.registry.served_version()
+        pointer = self.registry.pointer()
+        version = pointer.version
         current = self.current
         if version is None or (current is not None and current.version == version):
             return False
@@ -95,17 +110,36 @@ class ModelHolder:
                 return False
             self.current = model
         metrics.set_served_model(model.version, model.metrics, model.threshold)
-        log.info("now serving model version %s (threshold %.4f)", model.version, model.threshold)
+        log.info(
+            "now serving model version %s (pointer epoch %d, threshold %.4f)",
+            model.version,
+            pointer.epoch,
+            model.threshold,
+        )
+        try:  # RESULTS_DIR/model.joblib and metrics.json follow what this host serves
+            self.registry.sync_mirror()
+        except Exception as exc:  # a copy for people; serving does not depend on it
+            log.warning("could not refresh the served copies in %s: %s", self.registry.root, exc)
         return True
 
     async def watch(self, interval: float) -> None:
-        """Follow promotions made by other workers or the CLI (poll the pointer; load in a thread)."""
+        """Follow promotions made by other workers, replicas or the CLI (poll the pointer; load in a
+        thread). While the registry's database is unreachable, the loaded model goes on serving."""
         while True:
             await asyncio.sleep(interval)
             try:
                 await asyncio.to_thread(self.refresh)
+            except DatabaseUnavailableError as exc:
+                if not self._unreachable:
+                    log.warning("cannot follow promotions, still serving what is loaded: %s", exc)
+                self._unreachable = True
+                continue
             except Exception:  # the watcher must never die; the error is logged with its traceback
                 log.exception("model watcher failed; will retry")
+                continue
+            if self._unreachable:
+                log.info("the registry's database answers again: following promotions")
+                self._unreachable = False
 
 
 # --- response bodies ----------------------------------------------------------------------------

@@ -84,6 +84,8 @@ SECRETS: dict[str, tuple[Callable[[], str], Callable[[str], str | None]]] = {
     "GRAFANA_SECRET_KEY": (_token, lambda v: _check_secret(v, url_safe=False)),
     # signs model.json (etl/signing.py): every api replica needs the same one, and at least 32 bytes
     "MODEL_SIGNING_KEY": (lambda: secrets.token_hex(32), _check_signing_key),
+    # the api's registry database on postgres (docker/postgres/create_databases.sh), inside REGISTRY_URL
+    "REGISTRY_DB_PASSWORD": (_token, lambda v: _check_secret(v, url_safe=True)),
 }
 
 

@@ -3,6 +3,7 @@
 python -m etl load | train [--force] | evaluate [VERSION] | promote VERSION | upload [VERSION]
 python -m etl run [--serve-fallback] | models | rollback VERSION | report [VERSION]
 python -m etl reference show | set PATH | reset
+python -m etl registry show | import [--from RESULTS_DIR]
 python -m etl gate-study [--seeds N]
 """
 
@@ -55,8 +56,9 @@ def cmd_evaluate(settings: Settings, registry: Registry, args: argparse.Namespac
 
 
 def cmd_promote(settings: Settings, registry: Registry, args: argparse.Namespace) -> int:
-    previous = registry.promote(args.version)
-    _print({"version": args.version, "previous_version": previous, "promoted": True})
+    previous = registry.promote(args.version, expected_epoch=args.expected_epoch)
+    pointer = registry.pointer()
+    _print({"version": args.version, "previous_version": previous, "promoted": True, "epoch": pointer.epoch})
     return 0
 
 
@@ -82,11 +84,11 @@ def cmd_reference(settings: Settings, registry: Registry, args: argparse.Namespa
     from etl.reference import load_reference, reference_from_file, seed_reference
 
     if args.action == "set":
-        reference = reference_from_file(settings.results_dir, Path(args.path))
+        reference = reference_from_file(registry, Path(args.path))
     elif args.action == "reset":
-        reference = seed_reference(settings.results_dir)
+        reference = seed_reference(registry)
     else:
-        loaded = load_reference(settings.results_dir)
+        loaded = load_reference(registry)
         if loaded is None:
             _print(
                 {
@@ -97,6 +99,34 @@ def cmd_reference(settings: Settings, registry: Registry, args: argparse.Namespa
             return 0
         reference = loaded
     _print({"reference": reference.describe()})
+    return 0
+
+
+def cmd_registry(settings: Settings, registry: Registry, args: argparse.Namespace) -> int:
+    if args.action == "import":
+        from etl.registry_import import import_registry
+
+        registry.import_legacy = False  # this import is the one that reports what it did
+        result = import_registry(registry, Path(args.source) if args.source else settings.results_dir)
+        _print(result.to_dict())
+        return 1 if result.refused else 0
+    pointer = registry.pointer()
+    lease = registry.db.lease("training")
+    _print(
+        {
+            "registry": registry.db.shown,
+            "artifacts": registry.store.location,
+            "served_version": pointer.version,
+            "epoch": pointer.epoch,
+            "versions": len(registry.versions()),
+            "training_lease": {
+                "held": lease.token is not None,
+                "generation": lease.generation,
+                "holder": lease.holder,
+                "expires_at": lease.expires_at,
+            },
+        }
+    )
     return 0
 
 
@@ -136,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("version")
+        p.add_argument(
+            "--expected-epoch",
+            type=int,
+            help="switch only if the served pointer is still at this epoch (from `models`)",
+        )
         p.set_defaults(fn=cmd_promote)
     p = sub.add_parser("upload", help="back up a version (default served) and upload it to Google Drive")
     p.add_argument("version", nargs="?")
@@ -159,6 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("show", "set", "reset"))
     p.add_argument("path", nargs="?", help="CSV with the dataset's columns (for set)")
     p.set_defaults(fn=cmd_reference)
+    p = sub.add_parser(
+        "registry", help="show the registry's stores, pointer and lease, or import one on disk"
+    )
+    p.add_argument("action", choices=("show", "import"))
+    p.add_argument(
+        "--from",
+        dest="source",
+        help="import: the results folder of the on-disk registry (default RESULTS_DIR)",
+    )
+    p.set_defaults(fn=cmd_registry)
     p = sub.add_parser("gate-study", help="measure the quality gate's error rates (a study, minutes)")
     p.add_argument("--seeds", type=int, default=50, help="retrains per scenario (default 50)")
     p.add_argument("--sequences", type=int, default=2000, help="simulated sequences of 20 retrains")
@@ -177,12 +222,16 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # a bad setting, already reported without its value
         return int(exc.code or 2)
     setup_logging(settings.log_level)
+    registry = None
     try:
         registry = open_registry(settings)
         code: int = args.fn(settings, registry, args)
     except EtlError as exc:
         log.error("%s failed: %s", args.command, exc)
         return 1
+    finally:
+        if registry is not None:
+            registry.close()
     return code
 
 

@@ -139,6 +139,12 @@ class _LocalBackend:
             keys += ["/".join((*parts, f)) for f in files]
         return keys
 
+    def folders(self, prefix: str) -> list[str]:
+        folder = self.path(prefix) if prefix else self.root
+        if not folder.is_dir():
+            return []
+        return [p.name for p in folder.iterdir() if p.is_dir() and _SEGMENT.fullmatch(p.name)]
+
     def remove(self, prefix: str, keys: list[str]) -> None:
         folder = self.path(prefix)
         if folder.is_dir():  # renamed away first, so that it never shows half deleted
@@ -214,6 +220,13 @@ class _S3Backend:
         return [
             str(p)[len(self.root) + 1 :] for p in self.fs.find(self.path(prefix) if prefix else self.root)
         ]
+
+    def folders(self, prefix: str) -> list[str]:
+        try:
+            entries = self.fs.ls(self.path(prefix) if prefix else self.root, detail=True, refresh=True)
+        except FileNotFoundError:
+            return []
+        return [str(e["name"]).rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory"]
 
     def remove(self, prefix: str, keys: list[str]) -> None:
         if keys:
@@ -319,11 +332,22 @@ class ArtifactStore:
         """Whether an object is stored under ``key`` (a folder of keys is not one)."""
         return self._run("exists", check_key(key), lambda: self._backend.is_file(key))
 
+    def folders(self, prefix: str = "") -> list[str]:
+        """The names of the folders directly under ``prefix`` (the top level when empty), sorted: also those
+        holding nothing but an interrupted write's leftovers, which :meth:`list` does not show."""
+        found = self._run("folders", prefix and check_key(prefix), lambda: self._backend.folders(prefix))
+        return sorted(name for name in found if _SEGMENT.fullmatch(name))
+
     def list(self, prefix: str = "") -> list[str]:
         """The keys under the folder ``prefix`` (all when empty), sorted; ``v1`` never matches ``v10``."""
         found = self._run("list", prefix and check_key(prefix), lambda: self._backend.find(prefix))
         under = f"{prefix}/" if prefix else ""
         return sorted(k for k in found if k.startswith(under) and _is_key(k))
+
+    def url_of(self, key: str) -> str:
+        """Where ``key`` is, for a person: its path in a local folder, or its ``s3://`` URL."""
+        path = self._backend.path(check_key(key))
+        return str(path) if isinstance(path, Path) else f"s3://{path}"
 
     def _digest(self, key: str) -> str:
         with self._backend.open(key) as fh:

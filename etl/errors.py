@@ -56,7 +56,21 @@ class NotEvaluatedError(NotServableError):
 
 
 class TrainingInProgressError(EtlError):
-    """Another training holds the registry's training lock."""
+    """Another training holds the registry's training lease."""
+
+
+class UploadInProgressError(EtlError):
+    """Another upload held the registry's upload lease for longer than this one could wait."""
+
+
+class LeaseLostError(EtlError):
+    """This trainer's lease expired and another trainer took it over: what it trained is not registered
+    and it promotes nothing (the lease's token fences its writes)."""
+
+
+class PromotionConflictError(EtlError):
+    """The served pointer moved while this promotion was prepared (another promotion won the race, or the
+    served model changed while a candidate was judged against it): nothing was switched."""
 
 
 class StorageError(EtlError):

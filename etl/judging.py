@@ -17,7 +17,7 @@ from etl.evaluate import classification_metrics, library_versions, reliability_b
 from etl.features import FEATURE_COLUMNS, TARGET_COLUMN
 from etl.gate import GateRule, GateVerdict, Paired, check_quality_gate
 from etl.reference import ReferenceSet, ensure_reference
-from etl.registry import Registry
+from etl.registry import Lease, Registry
 from etl.report import write_report
 from etl.scorer import LinearModel
 from etl.settings import Settings
@@ -134,30 +134,39 @@ def judge(
 
 
 def evaluate_version(
-    settings: Settings, registry: Registry, version: str | None = None, *, promote: bool = True
+    settings: Settings,
+    registry: Registry,
+    version: str | None = None,
+    *,
+    promote: bool = True,
+    lease: Lease | None = None,
 ) -> EvaluateSummary:
     """Score a version, judge it with the quality gate, and promote it if it passes and ``promote``.
 
     The gate rests on the nested estimates recorded at training and on the reference set, where the
-    candidate and the served model are compared row by row (etl/gate.py). The verdict is written into the
-    version's metrics.json under ``quality_gate``.
+    candidate and the served model are compared row by row (etl/gate.py). The verdict is recorded as the
+    version's evaluation (its metrics, under ``quality_gate``). The promotion is a compare-and-swap on the
+    pointer as it was when the judging began: if another promotion changed the served model meanwhile, the
+    candidate was judged against a model no longer served, and PromotionConflictError says to evaluate again.
+    With ``lease`` (a pipeline run's training lease), the promotion is also refused once it is lost.
     """
     started = time.monotonic()
     version = version or registry.latest_version()
+    judged_against = registry.pointer()
     meta = registry.read_meta(version)
     model = registry.load_model(version)
     holdout = registry.load_holdout(version)
     proba, _ = _predict(model, holdout)
     held_out = classification_metrics(holdout[TARGET_COLUMN].to_numpy(), proba, model.threshold)
 
-    reference = ensure_reference(settings.results_dir)
+    reference = ensure_reference(registry)
     notes = []
     if meta.get("reference_sha256") != reference.sha256:
         notes.append(
             "the reference set was replaced after this version was trained: it may have trained on some of "
             "its rows"
         )
-    served_version = registry.served_version()
+    served_version = judged_against.version
     served = None
     if served_version is not None and served_version != version:
         served = (served_version, registry.load_model(served_version))
@@ -211,9 +220,9 @@ def evaluate_version(
             "bins": reliability_bins(nested_pooled["y"].to_numpy(), nested_pooled["proba"].to_numpy()),
         },
     }
-    registry.write_metrics(version, metrics)
+    evaluation_id = registry.write_metrics(version, metrics)
     try:
-        write_report(registry, version)
+        write_report(registry, version, evaluation_id)
     except Exception:  # the report is for people: it never changes the verdict or blocks a promotion
         log.exception(
             "evaluate: the report of version %s could not be written; the verdict stands. Regenerate it with "
@@ -235,7 +244,7 @@ def evaluate_version(
     promote_seconds = None
     if promote and verdict.passed:
         promote_started = time.monotonic()
-        registry.promote(version)
+        registry.promote(version, expected_epoch=judged_against.epoch, lease=lease)
         promote_seconds = time.monotonic() - promote_started
         promoted = True
     return EvaluateSummary(

@@ -35,8 +35,9 @@ __all__ = [
 
 
 def open_registry(settings: Settings) -> Registry:
-    """The registry in RESULTS_DIR, signing with MODEL_SIGNING_KEY (or its key file)."""
-    return Registry(settings.results_dir, settings.signing_key())
+    """The registry at REGISTRY_URL and ARTIFACT_URL (by default in RESULTS_DIR), signing with
+    MODEL_SIGNING_KEY (or its key file)."""
+    return Registry.from_settings(settings, settings.signing_key())
 
 
 @dataclass
@@ -79,6 +80,9 @@ def run_all(
 ) -> RunResult:
     """Recover from any interrupted run, then train, evaluate (promote if the gate passes) and back up.
 
+    The training lease is held from the training to the promotion, so a run that stalled past its lease's
+    expiry and was taken over promotes nothing (its lease token no longer fences).
+
     Args:
         settings: the pipeline's settings.
         registry: the model registry.
@@ -95,14 +99,17 @@ def run_all(
     """
     registry.recover()
     try:
-        trained = train_version(settings, registry, data_url)
-        status = registry.status(trained.version)
-        if trained.unchanged and status != "trained":
-            log.info(
-                "data unchanged since version %s (%s): nothing to evaluate or upload", trained.version, status
-            )
-            return RunResult(trained.version, registry.served_version(), unchanged=True, status=status)
-        evaluated = evaluate_version(settings, registry, trained.version, promote=True)
+        with registry.training_lock() as lease:
+            trained = train_version(settings, registry, data_url, lease=lease)
+            status = registry.status(trained.version)
+            if trained.unchanged and status != "trained":
+                log.info(
+                    "data unchanged since version %s (%s): nothing to evaluate or upload",
+                    trained.version,
+                    status,
+                )
+                return RunResult(trained.version, registry.served_version(), unchanged=True, status=status)
+            evaluated = evaluate_version(settings, registry, trained.version, promote=True, lease=lease)
         if not evaluated.gate.passed:
             raise NotServableError(
                 f"version {trained.version} failed the quality gate: " + "; ".join(evaluated.gate.reasons)
@@ -130,23 +137,25 @@ def list_models(registry: Registry) -> dict[str, Any]:
     """Every version, oldest first, with its status, headline metrics and which one is served.
 
     Returns:
-        ``{"served_version": str | None, "models": [{"version", "created_at", "status", "servable",
-        "served", "metrics": {HEADLINE name: value} or None}]}``; ``status`` is ``trained`` (not evaluated),
-        ``passed`` or ``rejected`` (the quality gate's verdict).
+        ``{"served_version": str | None, "epoch": int, "models": [{"version", "created_at", "status",
+        "servable", "served", "has_report", "metrics": {HEADLINE name: value} or None}]}``; ``status`` is
+        ``trained`` (not evaluated), ``passed`` or ``rejected`` (the quality gate's verdict); ``epoch`` is
+        the served pointer's (a promotion may require it: ``expected_epoch``).
     """
-    served = registry.served_version()
+    pointer = registry.pointer()
     models = []
-    for version in registry.versions():
-        metrics = registry.read_metrics(version)
+    for row in registry.listing():
+        metrics = row["metrics"]
         status = status_of(metrics)
         models.append(
             {
-                "version": version,
-                "created_at": registry.read_meta(version).get("created_at"),
+                "version": row["version"],
+                "created_at": row["created_at"],
                 "status": status,
                 "servable": status == "passed",
-                "served": version == served,
+                "served": row["version"] == pointer.version,
+                "has_report": row["report"] is not None,
                 "metrics": {k: float(metrics[k]) for k in HEADLINE if k in metrics} if metrics else None,
             }
         )
-    return {"served_version": served, "models": models}
+    return {"served_version": pointer.version, "epoch": pointer.epoch, "models": models}

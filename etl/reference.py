@@ -2,10 +2,10 @@
 judged side by side.
 
 A retrain's data can change or be corrupted (a third-party CSV, a wrong label column); the reference set
-cannot: it lives with the registry (``RESULTS_DIR/reference/reference.csv``), pinned by its sha256 in
-``reference.json``, and changes only through ``python -m etl reference set PATH`` (or ``reset``). Its
-patients (``Id``) are removed from every training, so neither the candidate nor the served model is judged
-on rows it trained on.
+cannot: it lives in the registry (its CSV in the artifact store under its sha256, its pin in the database, so
+every host judges on the same rows), and changes only through ``python -m etl reference set PATH`` (or
+``reset``). Its patients (``Id``) are removed from every training, so neither the candidate nor the served
+model is judged on rows it trained on.
 
 By default it is seeded from the bundled dataset: one patient-grouped, stratified fifth of it
 (``REFERENCE_SEED``), about 136 rows of which 48 malignant.
@@ -13,24 +13,24 @@ By default it is seeded from the bundled dataset: one patient-grouped, stratifie
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from etl import atomic
-from etl.errors import ArtifactIntegrityError, DataValidationError
+from etl.errors import DataValidationError
 from etl.features import EXPECTED_COLUMNS, ID_COLUMN, TARGET_COLUMN
-from etl.hashing import sha256_bytes
 from etl.settings import BUNDLED_DATA_PATH
+
+if TYPE_CHECKING:
+    from etl.registry import Registry
 
 log = logging.getLogger(__name__)
 
 REFERENCE_SEED = 2026
-REFERENCE_DIR, REFERENCE_FILE, REFERENCE_PIN = "reference", "reference.csv", "reference.json"
 MIN_PER_CLASS = 10
 
 
@@ -56,11 +56,6 @@ class ReferenceSet:
         }
 
 
-def _paths(results_dir: Path) -> tuple[Path, Path]:
-    folder = Path(results_dir) / REFERENCE_DIR
-    return folder / REFERENCE_FILE, folder / REFERENCE_PIN
-
-
 def _serialise(frame: pd.DataFrame) -> bytes:
     return frame.loc[:, list(EXPECTED_COLUMNS)].to_csv(index=False).encode()
 
@@ -74,24 +69,12 @@ def _check(frame: pd.DataFrame) -> None:
         )
 
 
-def write_reference(results_dir: Path, frame: pd.DataFrame, source: str) -> ReferenceSet:
+def write_reference(registry: Registry, frame: pd.DataFrame, source: str) -> ReferenceSet:
     """Store ``frame`` (clean rows) as the reference set and pin its sha256."""
     _check(frame)
-    data = _serialise(frame)
-    digest = sha256_bytes(data)
-    csv_path, pin_path = _paths(results_dir)
-    atomic.write_bytes(csv_path, data)
-    atomic.write_json(
-        pin_path,
-        {
-            "sha256": digest,
-            "rows": len(frame),
-            "source": source,
-            "pinned_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        },
-    )
-    log.info("reference set pinned: %d rows, sha256 %s (%s)", len(frame), digest[:12], source)
-    return ReferenceSet(frame.reset_index(drop=True), digest, source)
+    pin = registry.pin_reference(_serialise(frame), len(frame), source)
+    log.info("reference set pinned: %d rows, sha256 %s (%s)", len(frame), pin["sha256"][:12], source)
+    return ReferenceSet(frame.reset_index(drop=True), pin["sha256"], source)
 
 
 def seed_frame(clean: pd.DataFrame) -> pd.DataFrame:
@@ -103,49 +86,36 @@ def seed_frame(clean: pd.DataFrame) -> pd.DataFrame:
     return clean.iloc[chosen].sort_values(ID_COLUMN, kind="stable").reset_index(drop=True)
 
 
-def load_reference(results_dir: Path) -> ReferenceSet | None:
-    """The pinned reference set, or None when none has been stored yet.
+def load_reference(registry: Registry) -> ReferenceSet | None:
+    """The pinned reference set, or None when none has been pinned yet.
 
     Raises:
-        ArtifactIntegrityError: the file does not match its pinned sha256 (changed outside the commands).
+        ArtifactIntegrityError: its CSV is missing or does not match its pinned sha256.
     """
-    csv_path, pin_path = _paths(results_dir)
-    if not pin_path.is_file():
+    pin = registry.reference_pin()
+    if pin is None:
         return None
-    pin = atomic.read_json(pin_path)
-    try:
-        data = csv_path.read_bytes()
-    except FileNotFoundError:
-        raise ArtifactIntegrityError(
-            f"the reference set {csv_path} is missing but pinned in {pin_path}"
-        ) from None
-    digest = sha256_bytes(data)
-    if digest != pin.get("sha256"):
-        raise ArtifactIntegrityError(
-            f"the reference set {csv_path} does not match the sha256 pinned in {pin_path}; it was changed "
-            "outside `python -m etl reference set`: restore it or pin a new one"
-        )
-    frame = pd.read_csv(csv_path)
-    return ReferenceSet(frame, digest, str(pin.get("source", "")))
+    data = registry.read_reference(pin)
+    return ReferenceSet(pd.read_csv(io.BytesIO(data)), str(pin["sha256"]), str(pin.get("source", "")))
 
 
-def seed_reference(results_dir: Path, source: Path = BUNDLED_DATA_PATH) -> ReferenceSet:
+def seed_reference(registry: Registry, source: Path = BUNDLED_DATA_PATH) -> ReferenceSet:
     """Pin the default reference set, seeded from ``source`` (the bundled CSV)."""
     from etl.validate import load_prepared
 
     clean = load_prepared(source).frame
-    return write_reference(results_dir, seed_frame(clean), f"seeded from the bundled {source.name}")
+    return write_reference(registry, seed_frame(clean), f"seeded from the bundled {source.name}")
 
 
-def ensure_reference(results_dir: Path) -> ReferenceSet:
+def ensure_reference(registry: Registry) -> ReferenceSet:
     """The pinned reference set; on first use, seed it from the bundled CSV."""
-    existing = load_reference(results_dir)
-    return existing if existing is not None else seed_reference(results_dir)
+    existing = load_reference(registry)
+    return existing if existing is not None else seed_reference(registry)
 
 
-def reference_from_file(results_dir: Path, path: Path) -> ReferenceSet:
+def reference_from_file(registry: Registry, path: Path) -> ReferenceSet:
     """Validate a CSV with the dataset's columns and pin it as the reference set (all its clean rows)."""
     from etl.validate import load_prepared
 
     clean = load_prepared(path).frame
-    return write_reference(results_dir, clean.reset_index(drop=True), f"set from {path.name}")
+    return write_reference(registry, clean.reset_index(drop=True), f"set from {path.name}")

@@ -1,10 +1,12 @@
 """The evaluation report of a version: the curves, the calibration and the gate's verdict that people look at
 before a model may be served.
 
-At evaluation (etl/judging.py), right after metrics.json, ``write_report`` writes into the version's folder
-one self-contained ``report.html`` (styles inline, figures inline as PNG data, no script, nothing from another
-host: it opens from a file or an e-mail attachment) and each figure as ``report/<name>.png``; their sha256
-join the version's files in meta.json. ``python -m etl report VERSION`` writes them again.
+At evaluation (etl/judging.py), right after the metrics are recorded, ``write_report`` renders one
+self-contained ``report.html`` (styles inline, figures inline as PNG data, no script, nothing from another
+host: it opens from a file or an e-mail attachment) and each figure as ``report/<name>.png``, and stores them,
+never to change, under a new ``<version>/reports/<id>/`` in the artifact store; the evaluation's row in the
+registry names them with their sha256 (etl/registry.py). ``python -m etl report VERSION`` writes them again
+(under another id).
 
 Every number the report prints comes from metrics.json, formatted in one place (``Page.number``) inside an
 element naming its JSON pointer and format (``data-metric``, ``data-format``), so a test can check them all.
@@ -28,10 +30,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from etl import atomic
-from etl.errors import ArtifactIntegrityError, NotEvaluatedError, ReportNotFoundError
+from etl.errors import NotEvaluatedError, ReportNotFoundError
 from etl.features import FEATURE_COLUMNS, TARGET_COLUMN
-from etl.hashing import sha256_bytes
 from etl.locks import file_lock
 from etl.registry import Registry, is_version
 
@@ -61,15 +61,15 @@ BLUE, GREY, RED, GREEN = "#1f5fa8", "#7f8c9a", "#c0392b", "#2e8b57"
 
 
 def figure_file(name: str) -> str:
-    """A figure's path inside the version's folder."""
+    """A figure's name among the report's files."""
     return f"{FIGURE_DIR}/{name}.png"
 
 
 @dataclass
 class ReportResult:
     version: str
-    path: str
-    files: dict[str, str]  # path in the version's folder -> sha256
+    path: str  # where report.html is: a local path, or its s3:// URL
+    files: dict[str, str]  # name among the report's files -> sha256
     duration_seconds: float
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,39 +92,35 @@ class Curves:
 
 
 # -- writing and reading -----------------------------------------------------------------------------------
-def write_report(registry: Registry, version: str) -> ReportResult:
-    """Write ``report.html`` and the figures of an evaluated version, and record their sha256 in meta.json.
+def write_report(registry: Registry, version: str, evaluation_id: int | None = None) -> ReportResult:
+    """Write ``report.html`` and the figures of an evaluated version (its evaluation ``evaluation_id``,
+    default the current one) to the artifact store, and record them with the evaluation.
 
     Raises:
         ModelNotFoundError: no such version.
-        NotEvaluatedError: it has no metrics.json yet.
+        NotEvaluatedError: it has not been evaluated yet.
         ArtifactIntegrityError: model.json, holdout.csv or nested.csv fail their integrity checks.
     """
     started = time.monotonic()
-    metrics = registry.read_metrics(version)
-    if metrics is None:
+    evaluation = registry.evaluation(version)
+    if evaluation is None:
         raise NotEvaluatedError(
             f"version {version} has not been evaluated: its report is written at evaluation"
         )
+    evaluation_id = int(evaluation["id"]) if evaluation_id is None else evaluation_id
+    metrics = dict(evaluation["metrics"])
     model = registry.load_model(version)
     holdout = registry.load_holdout(version)
     proba = model.proba(holdout.loc[:, list(FEATURE_COLUMNS)].to_numpy(dtype=float))
     curves = Curves(holdout[TARGET_COLUMN].to_numpy(), proba, registry.load_nested(version))
-    vdir = registry.version_dir(version)
-    # one writer at a time (threads and processes): matplotlib's state is not shared safely between threads
+    # one writer at a time in this process tree: matplotlib's state is not shared safely between threads
+    registry.root.mkdir(parents=True, exist_ok=True)
     with file_lock(registry.root / ".report.lock"):
-        # what a write killed half-way left in report/ (the registry cleans the version's folder itself)
-        if (vdir / FIGURE_DIR).is_dir():
-            atomic.remove_leftovers(vdir / FIGURE_DIR)
         page = Page(metrics)
         pngs = render_figures(page, curves)
         document = render_html(page, pngs).encode()
-        files = {figure_file(name): data for name, data in pngs.items()} | {REPORT_FILE: document}
-        for name, data in files.items():
-            (vdir / name).parent.mkdir(exist_ok=True)
-            atomic.write_bytes(vdir / name, data)
-        digests = {name: sha256_bytes(data) for name, data in files.items()}
-        registry.update_meta(version, files={**(registry.read_meta(version).get("files") or {}), **digests})
+    files = {figure_file(name): data for name, data in pngs.items()} | {REPORT_FILE: document}
+    record = registry.publish_report(version, files, evaluation_id)
     duration = time.monotonic() - started
     log.info(
         "report: wrote %s and %d figures of version %s in %.2fs (%d KB)",
@@ -134,11 +130,12 @@ def write_report(registry: Registry, version: str) -> ReportResult:
         duration,
         len(document) // 1024,
     )
-    return ReportResult(version, str(vdir / REPORT_FILE), digests, duration)
+    location = registry.store.url_of(f"{record['prefix']}/{REPORT_FILE}")
+    return ReportResult(version, location, dict(record["files"]), duration)
 
 
 def has_report(registry: Registry, version: str) -> bool:
-    return is_version(version) and (registry.models_dir / version / REPORT_FILE).is_file()
+    return is_version(version) and registry.report(version) is not None
 
 
 def read_report(registry: Registry, version: str, figure: str | None = None) -> bytes:
@@ -148,26 +145,20 @@ def read_report(registry: Registry, version: str, figure: str | None = None) -> 
     Raises:
         ModelNotFoundError: no such version.
         ReportNotFoundError: not evaluated yet, no report written, or no figure of that name.
-        ArtifactIntegrityError: the file changed since it was written.
+        ArtifactIntegrityError: the file is missing or changed since it was written.
     """
-    vdir = registry.version_dir(version)
+    registry.check_version(version)
     if figure is not None and figure not in FIGURES:
         raise ReportNotFoundError(f"no such figure: the report's figures are {', '.join(FIGURES)}")
     name = REPORT_FILE if figure is None else figure_file(figure)
-    try:
-        data = (vdir / name).read_bytes()
-    except FileNotFoundError:
-        if registry.read_metrics(version) is None:
+    data = registry.read_report_file(version, name)
+    if data is None:
+        if registry.evaluation(version) is None:
             raise ReportNotFoundError(
                 f"version {version} has not been evaluated yet: its report is written at evaluation"
-            ) from None
+            )
         raise ReportNotFoundError(
             f"version {version} has no report: write it with `python -m etl report {version}`"
-        ) from None
-    if sha256_bytes(data) != (registry.read_meta(version).get("files") or {}).get(name):
-        raise ArtifactIntegrityError(
-            f"{name} of version {version} fails its integrity check: it changed since it was written; "
-            f"write it again with `python -m etl report {version}`"
         )
     return data
 

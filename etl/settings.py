@@ -85,7 +85,18 @@ class Settings(BaseSettings):
         0.01, gt=0.0, lt=0.5, description="level of the paired tests against the served model"
     )
 
-    # artifact store (etl/artifacts.py; docs/replicas.md)
+    # registry database and artifact store (etl/registry.py, etl/artifacts.py; docs/replicas.md)
+    registry_url: str = Field(
+        "",
+        description="database of the registry (versions, the served pointer, the training lease): "
+        "sqlite:///path or postgresql://user:password@host/db; empty = sqlite:///RESULTS_DIR/registry.db",
+    )
+    training_lease_seconds: float = Field(
+        60.0,
+        ge=2.0,
+        le=3600.0,
+        description="a killed trainer's lease frees itself after this long (a running one renews it)",
+    )
     artifact_url: str = Field(
         "",
         description="where each version's files are stored: a folder, file:///absolute/path or "
@@ -171,6 +182,15 @@ class Settings(BaseSettings):
             parse_url(value)
         return value.strip()
 
+    @field_validator("registry_url")
+    @classmethod
+    def _registry_url(cls, value: str) -> str:
+        from etl.db import parse_url
+
+        if value.strip():
+            parse_url(value.strip())
+        return value.strip()
+
     @field_validator("artifact_endpoint_url")
     @classmethod
     def _artifact_endpoint(cls, value: str) -> str:
@@ -205,6 +225,13 @@ class Settings(BaseSettings):
     def artifact_location(self) -> str:
         """ARTIFACT_URL, or RESULTS_DIR/models when it is empty."""
         return self.artifact_url or str(self.results_dir / "models")
+
+    @property
+    def registry_location(self) -> str:
+        """REGISTRY_URL, or an SQLite file beside the results when it is empty."""
+        from etl.db import sqlite_url
+
+        return self.registry_url or sqlite_url(self.results_dir / "registry.db")
 
     def signing_key(self) -> bytes:
         """MODEL_SIGNING_KEY, or the key file (made on first use)."""

@@ -5,6 +5,7 @@ libraries as an existing version is skipped.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -28,6 +29,7 @@ from etl.registry import (
     MODEL_JSON,
     NESTED_FILE,
     NESTED_MODELS_FILE,
+    Lease,
     Registry,
     new_version_name,
 )
@@ -158,21 +160,29 @@ def train_on(frame: pd.DataFrame, reference_ids: set[int], settings: Settings) -
 
 
 def train_version(
-    settings: Settings, registry: Registry, data_url: str | None = None, *, force: bool = False
+    settings: Settings,
+    registry: Registry,
+    data_url: str | None = None,
+    *,
+    force: bool = False,
+    lease: Lease | None = None,
 ) -> TrainSummary:
     """Load, validate and train (``train_on``); register the result as a new (not yet served) version.
 
     When a version trained from the same data, settings, reference set and libraries exists, that version
-    is returned with ``unchanged`` true and nothing is trained, unless ``force``.
+    is returned with ``unchanged`` true and nothing is trained, unless ``force``. The training lease is taken
+    for the training, or ``lease`` (held by the caller, e.g. a whole pipeline run) is used.
 
     Raises:
-        TrainingInProgressError: another training is running.
+        TrainingInProgressError: another training is running (on any host sharing the registry).
+        LeaseLostError: the lease was taken over during the training (this one stalled past its expiry);
+            nothing is registered.
         DataSourceError, DataFormatError, DataValidationError: the data could not be used.
     """
-    with registry.training_lock():
+    with contextlib.nullcontext(lease) if lease is not None else registry.training_lock() as held:
         started = time.monotonic()
         loaded, prepared = load_and_prepare(settings, registry, data_url)
-        reference = ensure_reference(settings.results_dir)
+        reference = ensure_reference(registry)
         print_ = fingerprint(loaded.sha256, settings, reference.sha256)
         existing = None if force else registry.find_fingerprint(print_)
         if existing is not None:
@@ -249,7 +259,7 @@ def train_version(
             "train_duration_seconds": time.monotonic() - started,
             "nested_duration_seconds": trained.nested.duration_seconds,
         }
-        registry.create_version(version, files, meta)
+        registry.create_version(version, files, meta, lease=held)
         duration = time.monotonic() - started
     nm = summary["metrics"]
     log.info(

@@ -1,17 +1,17 @@
 """Step 5: back up a version's artifacts to ``upload/<YYYYMMDD_HHMMSS>/``, then to Google Drive if configured:
 ``model.joblib``, ``metrics.json`` and the evaluation report ``report.html`` (etl/report.py).
 
-The local backup is always written first (atomically: a temporary folder renamed into place), so a Drive
-outage loses nothing. The Drive state of a version (folder, file ids, status) lives in its meta.json under
-``"drive"``; it is written as the upload progresses, so a retried upload reuses the folder and skips the
-files already there instead of making copies.
+The local backup is always written first (atomically: a temporary folder renamed into place), from the
+registry's checked bytes, so a Drive outage loses nothing. The Drive state of a version (folder, file ids,
+status) lives in the registry's database (its mutable state, ``"drive"`` in ``read_meta``); it is written as
+the upload progresses, so a retried upload, on any host, reuses the folder and skips the files already there
+instead of making copies. One upload runs at a time across hosts (the registry's upload lease).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import shutil
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,9 +21,8 @@ from etl import atomic
 from etl.drive import DriveConfig, DriveResult, drive_config, upload_to_drive
 from etl.errors import ArtifactIntegrityError, NotEvaluatedError, StorageError
 from etl.hashing import md5_file
-from etl.locks import file_lock
 from etl.registry import METRICS_FILE, MODEL_FILE, Registry
-from etl.report import REPORT_FILE, write_report
+from etl.report import REPORT_FILE, read_report, write_report
 from etl.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,27 +70,33 @@ def upload_to_storage(
 
     Raises:
         ModelNotFoundError: no such version.
-        NotEvaluatedError: the version has no metrics.json yet.
+        NotEvaluatedError: the version has not been evaluated yet.
         ArtifactIntegrityError: its model.joblib is missing, or a file its report is drawn from fails its
             integrity check.
         StorageError: Drive failed after retries (``DriveConfigError``: misconfigured); ``backup_dir`` says
             where the local backup is.
     """
-    # one upload at a time across threads and processes: two at once would race to create the Drive folder
-    with file_lock(registry.root / ".upload.lock"):
-        vdir = registry.version_dir(version)
-        if not (vdir / MODEL_FILE).is_file():
-            raise ArtifactIntegrityError(f"version {version} has no {MODEL_FILE}; it cannot be uploaded")
-        if not (vdir / METRICS_FILE).is_file():
+    registry.check_version(version)
+    # one upload at a time across threads, processes and hosts: two would race to create the Drive folder
+    with registry.upload_lock():
+        metrics = registry.read_metrics(version)
+        if metrics is None:
             raise NotEvaluatedError(
                 f"version {version} has not been evaluated: run evaluate first "
                 f"(`python -m etl evaluate {version}`), then upload"
             )
-        if not (vdir / REPORT_FILE).is_file():
+        if not registry.has_file(version, MODEL_FILE):
+            raise ArtifactIntegrityError(f"version {version} has no {MODEL_FILE}; it cannot be uploaded")
+        if registry.report(version) is None:
             log.info("version %s has no %s yet: writing it before the upload", version, REPORT_FILE)
             write_report(registry, version)
+        sources = {
+            MODEL_FILE: registry.read_file(version, MODEL_FILE),
+            METRICS_FILE: atomic.json_bytes(metrics),
+            REPORT_FILE: read_report(registry, version),
+        }
         stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%d_%H%M%S")
-        backup_dir, files = write_backup(vdir, Path(settings.upload_dir), stamp)
+        backup_dir, files = write_backup(sources, Path(settings.upload_dir), stamp)
         try:
             prune_backups(Path(settings.upload_dir), settings.backup_retention, keep_also=backup_dir)
         except OSError as exc:  # retention is housekeeping: it never fails an upload
@@ -121,8 +126,11 @@ def upload_to_storage(
         return UploadResult(version, stamp, str(backup_dir), files, drive)
 
 
-def write_backup(vdir: Path, upload_dir: Path, stamp: str) -> tuple[Path, list[dict[str, Any]]]:
-    """Copy the version's files into ``upload_dir/<stamp>/`` through a temporary folder renamed into place.
+def write_backup(
+    sources: dict[str, bytes], upload_dir: Path, stamp: str
+) -> tuple[Path, list[dict[str, Any]]]:
+    """Write the version's files (``UPLOADED_FILES``, from ``sources``) into ``upload_dir/<stamp>/`` through a
+    temporary folder renamed into place.
 
     A second backup in the same second gets ``<stamp>_2`` (``_3``, ...) unless the existing folder already
     holds the same bytes, which is then reused.
@@ -130,8 +138,8 @@ def write_backup(vdir: Path, upload_dir: Path, stamp: str) -> tuple[Path, list[d
     with atomic.staging_folder(upload_dir, stamp) as staging:
         files: list[dict[str, Any]] = []
         for name in UPLOADED_FILES:
-            shutil.copyfile(vdir / name, staging / name)
             copy = staging / name
+            copy.write_bytes(sources[name])
             files.append({"name": name, "size": copy.stat().st_size, "md5": md5_file(copy)})
         dest = _publish_backup(staging, upload_dir, stamp, files)
     for f in files:

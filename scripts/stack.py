@@ -276,7 +276,11 @@ def model_served() -> bool:
     from etl.registry import Registry
     from etl.settings import Settings, load_settings
 
-    return Registry(load_settings(Settings).results_dir).served_version() is not None
+    registry = Registry.from_settings(load_settings(Settings))
+    try:
+        return registry.served_version() is not None
+    finally:
+        registry.close()
 
 
 def airflow_env(cfg: StackConfig, token: str) -> dict[str, str]:

@@ -104,11 +104,13 @@ def fitted_version_files(base: Path) -> tuple[dict[str, bytes], pd.DataFrame]:
 
 def load_artifact(results_dir: Path, version: str) -> tuple[Any, dict[str, Any]]:
     """The version's downloadable model.joblib (the scikit-learn object, loaded by the test, which trusts it)
-    and its meta.json: the independent reference the service's answers are compared with."""
+    and its metadata: the independent reference the service's answers are compared with."""
     import joblib
 
-    vdir = Path(results_dir) / "models" / version
-    return joblib.load(vdir / "model.joblib"), json.loads((vdir / "meta.json").read_text())
+    from tests.registry_support import meta_of, version_dir
+
+    model = joblib.load(version_dir(results_dir, version) / "model.joblib")
+    return model, meta_of(results_dir, version)
 
 
 def instance(row: Sequence[int]) -> dict[str, int]:

@@ -13,6 +13,7 @@ from app.auth import StrictJSONRoute
 from app.deps import HolderDep, RecordsDep
 from app.errors import error_responses
 from app.schemas import CurrentModelResponse, ErrorResponse, ModelsResponse
+from app.serving import MODEL_VERSION_HEADER
 from etl import pipeline, report
 
 router = APIRouter(route_class=StrictJSONRoute, tags=["models"])
@@ -62,7 +63,7 @@ def list_models(request: Request, holder: HolderDep) -> dict[str, Any]:
     """Every version, oldest first, with its status, key metrics, which one is served, and its report."""
     listing = pipeline.list_models(holder.registry)
     for model in listing["models"]:
-        has = report.has_report(holder.registry, model["version"])
+        has = model.pop("has_report")
         model["report_url"] = report_url(request, model["version"]) if has else None
     return listing
 
@@ -73,10 +74,11 @@ def list_models(request: Request, holder: HolderDep) -> dict[str, Any]:
     summary="The served model",
     responses=error_responses(503),
 )
-def current_model(holder: HolderDep, records: RecordsDep) -> dict[str, Any]:
+def current_model(holder: HolderDep, records: RecordsDep, response: Response) -> dict[str, Any]:
     """Version, threshold and held-out metrics of the model answering /predict, and its live quality and
     input drift from the prediction record."""
     model = holder.get()
+    response.headers[MODEL_VERSION_HEADER] = model.version
     figures = records.figures(model.version, model.feature_distribution)
     return {
         "version": model.version,

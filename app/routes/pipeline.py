@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Body, Path
+from fastapi import Body, Path, Query
 
 from app import metrics
 from app.auth import token_router
@@ -140,10 +140,23 @@ def upload(
     responses=error_responses(401, 404, 409, 422),
 )
 def promote(
-    holder: HolderDep, version: Annotated[str, Path(max_length=64, description="a version from GET /models")]
+    holder: HolderDep,
+    version: Annotated[str, Path(max_length=64, description="a version from GET /models")],
+    expected_epoch: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            le=2**62,
+            description="switch only if the served pointer is still at this epoch (GET /models says it), "
+            "else 409; default: the epoch when the request arrives",
+        ),
+    ] = None,
 ) -> dict[str, Any]:
-    """Serve ``version`` if it passed the quality gate and its model file verifies."""
-    previous = _timed_step("promote", lambda: holder.registry.promote(version))
+    """Serve ``version`` if it passed the quality gate and its model file verifies: a compare-and-swap on
+    the served pointer's epoch, so of two racing promotions one wins and the other gets 409. Every replica
+    follows within MODEL_POLL_SECONDS."""
+    previous = _timed_step("promote", lambda: holder.registry.promote(version, expected_epoch=expected_epoch))
     metrics.LAST_PROMOTION.set(time.time())
     holder.refresh()
-    return {"version": version, "previous_version": previous, "promoted": True}
+    epoch = holder.registry.pointer().epoch
+    return {"version": version, "previous_version": previous, "promoted": True, "epoch": epoch}

@@ -6,14 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.exceptions import RequestValidationError
 
 from app.auth import StrictJSONRoute
 from app.deps import HolderDep, RecordsDep, SettingsDep
 from app.errors import error_responses
 from app.schemas import PredictBatchRequest, PredictBatchResponse, PredictRequest, PredictResponse
-from app.serving import batch_too_large, predict_many, predict_one
+from app.serving import MODEL_VERSION_HEADER, batch_too_large, predict_many, predict_one
 
 router = APIRouter(route_class=StrictJSONRoute, tags=["predict"])
 ERRORS = error_responses(
@@ -32,10 +32,14 @@ ERRORS = error_responses(
     responses=ERRORS,
     response_model_exclude_unset=True,  # no prediction_id with PREDICTION_LOG=off
 )
-async def predict(body: PredictRequest, holder: HolderDep, records: RecordsDep) -> dict[str, Any]:
+async def predict(
+    body: PredictRequest, holder: HolderDep, records: RecordsDep, response: Response
+) -> dict[str, Any]:
     """Classify one tumour from its nine cytology scores with the served model (research use only)."""
-    answer = predict_one(holder.get(), body.row(), records)
+    model = holder.get()
+    answer = predict_one(model, body.row(), records)
     await records.save(answer.pending)
+    response.headers[MODEL_VERSION_HEADER] = model.version
     return answer.counted()
 
 
@@ -48,7 +52,11 @@ async def predict(body: PredictRequest, holder: HolderDep, records: RecordsDep) 
     response_model_exclude_unset=True,
 )
 def predict_batch(
-    body: PredictBatchRequest, holder: HolderDep, settings: SettingsDep, records: RecordsDep
+    body: PredictBatchRequest,
+    holder: HolderDep,
+    settings: SettingsDep,
+    records: RecordsDep,
+    response: Response,
 ) -> dict[str, Any]:
     """Classify up to MAX_BATCH tumours in one call; predictions come back in request order."""
     refusal = batch_too_large(len(body.instances), settings.max_batch)
@@ -57,4 +65,5 @@ def predict_batch(
     model = holder.get()
     answer = predict_many(model, np.array([inst.row() for inst in body.instances], dtype=float), records)
     records.save_blocking(answer.pending)
+    response.headers[MODEL_VERSION_HEADER] = model.version
     return answer.counted()

@@ -90,6 +90,16 @@ class Served:
     def registry(self) -> Registry:
         return open_registry(self.settings())
 
+    def unevaluated_copy(self, copy: str = "20990101T000000Z-0000abcd") -> str:
+        """The served version's files and training metadata published again as ``copy``: trained, not
+        evaluated, no report."""
+        registry = self.registry
+        meta = registry.read_meta(self.version)
+        files = {name: registry.read_file(self.version, name) for name in meta["files"]}
+        registry.create_version(copy, files, {k: v for k, v in meta.items() if k not in ("drive", "uploads")})
+        registry.close()
+        return copy
+
 
 @pytest.fixture
 def served(template: tuple[Path, str], tmp_path: Path) -> Served:

@@ -50,7 +50,12 @@ def test_protected_route_open_when_api_token_unset(served: Served):
     with client_for(served.settings(api_token="")) as c:
         r = c.post(f"/models/{served.version}/promote")
     assert r.status_code == 200
-    assert r.json() == {"version": served.version, "previous_version": served.version, "promoted": True}
+    assert r.json() == {
+        "version": served.version,
+        "previous_version": served.version,
+        "promoted": True,
+        "epoch": 2,
+    }
 
 
 # --- the settings come from the one dependency, so a test can override them ----------------------

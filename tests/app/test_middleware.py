@@ -98,6 +98,8 @@ def test_fast_path_response_equals_route_response(
         for r in (fast, route)
     ]
     assert all(ids) and ids[0] != ids[1]  # both recorded, each under ids of its own
+    # which version answered, in a header on both paths (the fast path's is encoded once per model)
+    assert fast.headers["x-model-version"] == route.headers["x-model-version"] == fast.json()["model_version"]
 
 
 @pytest.mark.parametrize("value", BAD_VALUES, ids=repr)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 
 import pytest
 from fastapi.testclient import TestClient
 
 from etl.report import FIGURES
 from tests.app.conftest import Served
-from tests.pipeline_support import copy_tree
+from tests.registry_support import report_path, report_record
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -32,7 +31,7 @@ def test_models_lists_served_version(client: TestClient, served: Served):
 
 def test_models_empty(empty_client: TestClient):
     r = empty_client.get("/models")
-    assert r.status_code == 200 and r.json() == {"served_version": None, "models": []}
+    assert r.status_code == 200 and r.json() == {"served_version": None, "epoch": 0, "models": []}
 
 
 def test_models_current(client: TestClient, served: Served):
@@ -51,19 +50,8 @@ def test_models_current_without_model_503(empty_client: TestClient):
 
 
 # --- the evaluation report --------------------------------------------------------------------------------
-def _unevaluated_copy(served: Served) -> str:
-    """A copy of the served version with no metrics.json and no report: trained, not evaluated."""
-    models = served.base / "results" / "models"
-    copy = "20990101T000000Z-0000abcd"
-    copy_tree(models / served.version, models / copy)
-    (models / copy / "metrics.json").unlink()
-    (models / copy / "report.html").unlink()
-    shutil.rmtree(models / copy / "report")
-    return copy
-
-
 def test_models_report_url_only_for_a_version_with_a_report(client: TestClient, served: Served):
-    copy = _unevaluated_copy(served)
+    copy = served.unevaluated_copy()
     models = {m["version"]: m for m in client.get("/models").json()["models"]}
     assert models[copy]["status"] == "trained" and models[copy]["report_url"] is None
     assert models[served.version]["report_url"] == f"/models/{served.version}/report"
@@ -73,8 +61,7 @@ def test_model_report_serves_the_html_with_a_strict_policy(client: TestClient, s
     r = client.get(f"/models/{served.version}/report")
     assert r.status_code == 200
     assert r.headers["content-type"] == "text/html; charset=utf-8"
-    vdir = served.base / "results" / "models" / served.version
-    assert r.content == (vdir / "report.html").read_bytes()
+    assert r.content == report_path(served.base / "results", served.version).read_bytes()
     assert f"<title>Evaluation report {served.version}</title>" in r.text
     assert "PASSED the quality gate" in r.text
     policy = r.headers["content-security-policy"]
@@ -89,8 +76,10 @@ def test_model_report_figure_is_served_as_png(client: TestClient, served: Served
     assert r.status_code == 200
     assert r.headers["content-type"] == "image/png"
     assert r.content.startswith(PNG_MAGIC)
-    meta = served.registry.read_meta(served.version)
-    assert hashlib.sha256(r.content).hexdigest() == meta["files"][f"report/{name}.png"]
+    record = report_record(served.base / "results", served.version)
+    assert (
+        record is not None and hashlib.sha256(r.content).hexdigest() == record["files"][f"report/{name}.png"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -110,7 +99,7 @@ def test_model_report_unknown_version_404(client: TestClient, path: str):
 
 
 def test_model_report_not_evaluated_404(client: TestClient, served: Served):
-    copy = _unevaluated_copy(served)
+    copy = served.unevaluated_copy()
     for path in (f"/models/{copy}/report", f"/models/{copy}/report/roc.png"):
         r = client.get(path)
         assert r.status_code == 404, r.text
@@ -152,7 +141,7 @@ def test_model_report_figure_name_too_long_422(client: TestClient, served: Serve
 
 
 def test_model_report_changed_after_writing_409(client: TestClient, served: Served):
-    path = served.base / "results" / "models" / served.version / "report.html"
+    path = report_path(served.base / "results", served.version)  # the store's object, changed behind its back
     path.write_text(path.read_text().replace("PASSED", "PASSED!"))
     r = client.get(f"/models/{served.version}/report")
     assert r.status_code == 409

@@ -10,7 +10,15 @@ from tests.app.conftest import BENIGN, Served, sample
 
 def test_health_ok(empty_client: TestClient):
     r = empty_client.get("/health")
-    assert r.status_code == 200 and r.json() == {"status": "ok"}
+    assert r.status_code == 200 and r.json() == {"status": "ok", "model_version": None}
+    assert "x-model-version" not in r.headers
+
+
+def test_health_and_ready_name_the_served_version(client: TestClient, served: Served):
+    for path in ("/health", "/ready", "/models/current"):
+        r = client.get(path)
+        assert r.status_code == 200 and r.headers["x-model-version"] == served.version, path
+    assert client.get("/health").json() == {"status": "ok", "model_version": served.version}
 
 
 def test_ready_without_model_503(empty_client: TestClient):

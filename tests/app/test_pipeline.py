@@ -14,7 +14,8 @@ from etl.features import FEATURE_COLUMNS
 from etl.registry import VERSION_RE
 from tests.app.conftest import AUTH, BENIGN, MALIGNANT, Served, client_for, sample, service_settings
 from tests.conftest import BUNDLED_SHA256, free_port, static_server
-from tests.pipeline_support import QUICK_NESTED, copy_tree, synthetic_rows, write_csv
+from tests.pipeline_support import QUICK_NESTED, synthetic_rows, write_csv
+from tests.registry_support import metrics_of, report_path
 
 
 def test_ready_503_then_200_after_train_and_evaluate(tmp_path: Path):
@@ -82,7 +83,10 @@ def test_train_while_another_training_runs_409(client: TestClient, served: Serve
     with served.registry.training_lock():
         r = client.post("/train", headers=AUTH)
     assert r.status_code == 409
-    assert r.json() == {"detail": "a training is already running; wait for it to finish and try again"}
+    detail = r.json()["detail"]
+    assert detail.startswith("a training is already running (pid ") and detail.endswith(
+        "; wait for it to finish and try again"
+    )
     assert served.registry.versions() == [served.version]
 
 
@@ -190,7 +194,8 @@ def test_evaluate_served_version_without_promote(client: TestClient, served: Ser
         "reference_roc_auc",
         "reference_recall",
     }
-    stored = json.loads((served.base / "results" / "models" / served.version / "metrics.json").read_text())
+    stored = metrics_of(served.base / "results", served.version)
+    assert stored is not None
     for key in ("accuracy", "precision", "recall", "f1", "roc_auc", "specificity", "confusion_matrix"):
         assert out["metrics"][key] == stored[key]
     assert out["metrics"]["quality_gate"] == out["gate"]
@@ -241,7 +246,7 @@ def test_promote_rollback_swaps_served_model(served: Served):
         r = client.post(f"/models/{v1}/promote", headers=AUTH)
 
         assert r.status_code == 200
-        assert r.json() == {"version": v1, "previous_version": v2, "promoted": True}
+        assert r.json() == {"version": v1, "previous_version": v2, "promoted": True, "epoch": 3}
         assert client.get("/models/current").json()["version"] == v1
         assert client.get("/ready").json()["model_version"] == v1
         assert client.post("/predict", json=BENIGN).json()["model_version"] == v1
@@ -279,9 +284,13 @@ def test_upload_defaults_to_served_version(client: TestClient, served: Served):
     assert backup == served.base / "upload" / out["timestamp"]
     uploaded = ["metrics.json", "model.joblib", "report.html"]
     assert sorted(p.name for p in backup.iterdir()) == uploaded
-    vdir = served.base / "results" / "models" / served.version
-    for name in uploaded:
-        assert (backup / name).read_bytes() == (vdir / name).read_bytes()
+    results = served.base / "results"
+    assert (backup / "model.joblib").read_bytes() == (
+        results / "models" / served.version / "model.joblib"
+    ).read_bytes()
+    assert (backup / "report.html").read_bytes() == report_path(results, served.version).read_bytes()
+    assert json.loads((backup / "metrics.json").read_text()) == metrics_of(results, served.version)
+    assert (backup / "metrics.json").read_bytes() == (results / "metrics.json").read_bytes()  # the mirror
     assert sorted(f["name"] for f in out["files"]) == uploaded
     assert out["drive"]["status"] == "skipped" and out["drive"]["reason"]
 
@@ -292,10 +301,7 @@ def test_upload_unknown_version_404(client: TestClient):
 
 
 def test_upload_not_evaluated_version_409(client: TestClient, served: Served):
-    models = served.base / "results" / "models"
-    copy = "20990101T000000Z-0000abcd"
-    copy_tree(models / served.version, models / copy)
-    (models / copy / "metrics.json").unlink()
+    copy = served.unevaluated_copy()
     r = client.post("/upload", headers=AUTH, json={"version": copy})
     assert r.status_code == 409 and "has not been evaluated" in r.json()["detail"]
 

@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 import yaml
 
-from etl.errors import DatabaseUnavailableError
 from tests.deploy.monitoring import (
     COMPOSE_FILE,
     ENV_EXAMPLE,
@@ -28,7 +27,6 @@ from tests.deploy.monitoring import (
     load_yaml,
     require_tool,
 )
-from tests.postgres import PostgresCluster
 
 STACK_ENV = ROOT / "docker" / "stack_env.py"
 SECRETS = frozenset(
@@ -43,12 +41,14 @@ SECRETS = frozenset(
         "GRAFANA_ADMIN_PASSWORD",
         "GRAFANA_SECRET_KEY",
         "MODEL_SIGNING_KEY",
+        "REGISTRY_DB_PASSWORD",
     }
 )
 SERVICES = {
     "preflight",
     "api",
     "postgres",
+    "databases",
     "airflow-init",
     "airflow-apiserver",
     "airflow-scheduler",
@@ -309,7 +309,7 @@ def test_compose_monitoring_and_scheduler_do_not_wait_for_api(services: dict[str
 
 @pytest.mark.tools
 def test_compose_dependants_wait_for_healthy_or_completed_services(services: dict[str, Any]) -> None:
-    one_shot = {"preflight", "airflow-init"}
+    one_shot = {"preflight", "databases", "airflow-init"}
     for name, service in services.items():
         if name not in one_shot:
             assert "healthcheck" in service, f"{name} has no healthcheck"
@@ -418,8 +418,6 @@ def test_compose_env_example_lists_every_variable() -> None:
 
 # --- the prediction record's database ------------------------------------------------------------------
 
-INIT_PREDICTIONS = ROOT / "docker" / "postgres" / "init-predictions-db.sh"
-
 
 @pytest.mark.tools
 def test_compose_api_records_predictions_in_its_own_postgres_database(services: dict[str, Any]) -> None:
@@ -428,53 +426,9 @@ def test_compose_api_records_predictions_in_its_own_postgres_database(services: 
     api = services["api"]["environment"]
     assert api["PREDICTION_DB_URL"] == f"postgresql://predictions:{password}@postgres:5432/predictions"
     assert api["PREDICTION_LOG"] == "async"
-    postgres = services["postgres"]
-    assert postgres["environment"]["PREDICTION_DB_PASSWORD"] == password
-    assert f"{INIT_PREDICTIONS}:/docker-entrypoint-initdb.d/20-predictions.sh:ro" in postgres["volumes"]
-    # the api does not wait for the database: answers are queued until it can be written
+    # made by the one-shot `databases` service (docker/postgres/create_databases.sh; test_databases.py)
+    databases = services["databases"]
+    assert "predictions:PREDICTION_DB_PASSWORD" in databases["command"]
+    assert databases["environment"]["PREDICTION_DB_PASSWORD"] == password
+    # the api does not wait for the database's health: answers are queued until it can be written
     assert "postgres" not in services["api"].get("depends_on", {})
-
-
-def _init_predictions(cluster: PostgresCluster, password: str | None) -> subprocess.CompletedProcess[str]:
-    env = {
-        "PATH": os.environ["PATH"],
-        "PGHOST": str(cluster.root),
-        "PGPORT": str(cluster.port),
-        "PGPASSWORD": cluster.password,
-        "POSTGRES_USER": "postgres",
-        "POSTGRES_DB": "postgres",
-    }
-    if password is not None:
-        env["PREDICTION_DB_PASSWORD"] = password
-    return subprocess.run(["sh", str(INIT_PREDICTIONS)], env=env, capture_output=True, text=True, timeout=60)
-
-
-@pytest.mark.integration
-def test_init_predictions_script_makes_user_and_database_again_and_again(postgres: PostgresCluster) -> None:
-    """The init script on a real PostgreSQL: the user can log in with the generated password and the
-    service can migrate its tables there; run again (an existing volume) it changes nothing but the
-    password; without the password it refuses."""
-    from app.records.tables import MIGRATIONS
-    from etl.db import make_engine, upgrade
-
-    refused = _init_predictions(postgres, None)
-    assert refused.returncode != 0 and "PREDICTION_DB_PASSWORD is not set" in refused.stderr
-    first, second = "first-Pw_0123456789abcdef", "second-Pw_0123456789abcdef"
-    for password in (first, first, second):
-        result = _init_predictions(postgres, password)
-        assert result.returncode == 0, result.stderr
-        assert password not in result.stdout + result.stderr
-    engine = make_engine(postgres.url("predictions", "predictions", second))
-    try:
-        assert upgrade(engine, MIGRATIONS)  # the service's own user creates its tables
-    finally:
-        engine.dispose()
-    stale = make_engine(postgres.url("predictions", "predictions", first))
-    try:
-        with pytest.raises(DatabaseUnavailableError):
-            upgrade(stale, MIGRATIONS)
-    finally:
-        stale.dispose()
-    owner = postgres.sql("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'predictions'")
-    assert owner == "predictions"
-    assert postgres.sql("SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = 'predictions'") == "f"

@@ -6,6 +6,7 @@ this process, with the environment and working folder a subprocess would have.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -21,8 +22,9 @@ import pytest
 import etl.__main__
 from tests.conftest import BUNDLED_CSV, BUNDLED_SHA256, ROOT, free_port
 from tests.pipeline_support import QUICK_NESTED, copy_tree
+from tests.registry_support import report_path, report_record, served_of
 
-CLEARED_PREFIXES = ("GATE_", "DATA_", "GDRIVE_", "NESTED_")
+CLEARED_PREFIXES = ("GATE_", "DATA_", "GDRIVE_", "NESTED_", "REGISTRY_", "ARTIFACT_", "TRAINING_LEASE_")
 
 
 @dataclass
@@ -109,8 +111,8 @@ def workdir(ran, tmp_path: Path) -> Path:
     return copy_tree(template, tmp_path / "w")
 
 
-def _served(workdir: Path) -> str:
-    return json.loads((workdir / "results" / "current.json").read_text())["version"]
+def _served(workdir: Path) -> str | None:
+    return served_of(workdir / "results")[0]
 
 
 def test_cli_run_trains_evaluates_promotes_and_backs_up(ran):
@@ -129,8 +131,8 @@ def test_cli_run_trains_evaluates_promotes_and_backs_up(ran):
     assert sorted(p.name for p in backup.iterdir()) == ["metrics.json", "model.joblib", "report.html"]
     assert _served(template) == version
     vdir = template / "results" / "models" / version
-    for name in ("model.joblib", "report.html"):
-        assert (backup / name).read_bytes() == (vdir / name).read_bytes()
+    assert (backup / "model.joblib").read_bytes() == (vdir / "model.joblib").read_bytes()
+    assert (backup / "report.html").read_bytes() == report_path(template / "results", version).read_bytes()
     assert (template / "results" / "model.joblib").read_bytes() == (vdir / "model.joblib").read_bytes()
     assert "train: version" in proc.stderr and "evaluate: version" in proc.stderr  # steps log what they did
 
@@ -148,7 +150,7 @@ def test_cli_models_lists_versions_with_status(workdir: Path, etl_cli):
 def test_cli_models_empty_registry(tmp_path: Path, etl_cli):
     proc = etl_cli(tmp_path, "models")
     assert proc.returncode == 0, proc.stderr
-    assert _json(proc) == {"served_version": None, "models": []}
+    assert _json(proc) == {"served_version": None, "epoch": 0, "models": []}
 
 
 def test_cli_evaluate_without_promote_judges_only(workdir: Path, etl_cli):
@@ -184,7 +186,7 @@ def test_cli_train_then_rollback(workdir: Path, etl_cli):
     proc = etl_cli(workdir, "rollback", v1)
 
     assert proc.returncode == 0, proc.stderr
-    assert _json(proc) == {"version": v1, "previous_version": v2, "promoted": True}
+    assert _json(proc) == {"version": v1, "previous_version": v2, "promoted": True, "epoch": 3}
     assert _served(workdir) == v1
     v1_model = workdir / "results" / "models" / v1 / "model.joblib"
     assert (workdir / "results" / "model.joblib").read_bytes() == v1_model.read_bytes()
@@ -237,18 +239,23 @@ def test_cli_upload_backs_up_served_version(workdir: Path, etl_cli):
 
 def test_cli_report_writes_the_report_of_a_version_again(workdir: Path, etl_cli):
     served = _served(workdir)
-    vdir = workdir / "results" / "models" / served
-    (vdir / "report.html").unlink()
-    (vdir / "report" / "roc.png").unlink()
+    results = workdir / "results"
+    before = report_record(results, served)
+    first = report_path(results, served).read_bytes()
     proc = etl_cli(workdir, "report", served)
     assert proc.returncode == 0, proc.stderr
     out = _json(proc)
-    assert out["version"] == served and Path(out["report"]) == vdir / "report.html"
+    record = report_record(results, served)
+    # written again under a new key; the first report's files are left as they were (written once)
+    assert record["prefix"] != before["prefix"] and report_path(results, served).parent.is_dir()
+    assert out["version"] == served and Path(out["report"]) == report_path(results, served)
     figures = [f"report/{n}.png" for n in ("roc", "pr", "threshold", "calibration", "confusion")]
-    assert sorted(out["files"]) == sorted(["report.html", *figures])
-    meta = json.loads((vdir / "meta.json").read_text())
+    assert sorted(out["files"]) == sorted(["report.html", *figures]) and out["files"] == record["files"]
     for name, digest in out["files"].items():
-        assert (vdir / name).is_file() and meta["files"][name] == digest
+        assert (
+            hashlib.sha256((results / "models" / record["prefix"] / name).read_bytes()).hexdigest() == digest
+        )
+    assert (results / "models" / before["prefix"] / "report.html").read_bytes() == first
     assert f"report: wrote report.html and 5 figures of version {served}" in proc.stderr
 
 
@@ -283,7 +290,7 @@ def test_cli_run_failure_without_earlier_model_exits_1(tmp_path: Path, etl_cli):
     proc = etl_cli(tmp_path, "run", "--serve-fallback", DATA_URL=str(tmp_path / "missing.csv"))
     assert proc.returncode == 1
     assert "run failed" in proc.stderr and "DATA_URL" in proc.stderr
-    assert not (tmp_path / "results" / "current.json").exists()
+    assert _served(tmp_path) is None
 
 
 def test_cli_run_bad_data_exits_1_with_validation_message(tmp_path: Path, etl_cli):

@@ -24,6 +24,7 @@ from etl.pipeline import evaluate_version, open_registry, train_version
 from tests.conftest import BUNDLED_CSV
 from tests.etl.conftest import trained_copy
 from tests.pipeline_support import QUICK_NESTED, make_settings
+from tests.registry_support import reference_frame
 
 RULE = GateRule(min_recall=0.95, min_precision=0.90, min_roc_auc=0.98, min_reference_roc_auc=0.90, alpha=0.01)
 
@@ -231,14 +232,10 @@ def test_gate_verdict_is_stored_with_the_reference_figures_of_both_models(served
     ref = stored["reference"]
     assert ref["rows"] == 136 and ref["malignant"] == 48 and len(ref["sha256"]) == 64
     y = registry.load_model(served)
-    frame = pd.read_csv(settings_reference_csv(registry.root))
+    frame = reference_frame(registry.root)
     proba = y.proba(frame[[c for c in frame.columns if c not in ("Id", "Class")]].to_numpy(dtype=float))
     assert (
         ref["candidate"]["recall"]
         == classification_metrics(frame["Class"].to_numpy(), proba, y.threshold)["recall"]
     )
     assert stored["quality_gate"]["passed"] is True
-
-
-def settings_reference_csv(results_dir: Path) -> Path:
-    return results_dir / "reference" / "reference.csv"

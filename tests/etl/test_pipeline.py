@@ -13,6 +13,7 @@ from etl.features import FEATURE_COLUMNS, FEATURE_NAMES
 from etl.pipeline import evaluate_version, open_registry, train_version
 from tests.etl.conftest import trained_copy
 from tests.pipeline_support import QUICK_NESTED, bundled_complete_rows, make_settings
+from tests.registry_support import reference_frame
 
 
 def test_pipeline_train_then_evaluate_promotes_a_model_that_meets_the_targets(
@@ -81,7 +82,7 @@ def test_pipeline_same_data_settings_and_libraries_train_once(tmp_path: Path, bu
 def test_pipeline_reference_patients_never_reach_training(tmp_path: Path, trained_template):
     settings, trained = trained_copy(trained_template, tmp_path)
     registry = open_registry(settings)
-    reference = pd.read_csv(settings.results_dir / "reference" / "reference.csv")
+    reference = reference_frame(settings.results_dir)
     holdout = registry.load_holdout(trained.version)
     nested = registry.load_nested(trained.version)
     assert nested is not None
@@ -105,7 +106,7 @@ def test_pipeline_meta_records_training_rows_feature_distribution(tmp_path: Path
     registry = open_registry(settings)
     meta = registry.read_meta(trained.version)
     clean = bundled_complete_rows().drop_duplicates()
-    reference = pd.read_csv(settings.results_dir / "reference" / "reference.csv")
+    reference = reference_frame(settings.results_dir)
     pool = clean[~clean["Id"].isin(reference["Id"])]
     holdout = registry.load_holdout(trained.version).astype(pool.dtypes.to_dict())
     marked = pool.merge(holdout, how="left", on=list(pool.columns), indicator=True)

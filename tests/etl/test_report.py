@@ -31,6 +31,7 @@ from etl.settings import Settings
 from tests.conftest import BUNDLED_CSV
 from tests.etl.conftest import trained_copy
 from tests.pipeline_support import QUICK_NESTED, make_settings
+from tests.registry_support import report_path, report_record
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # numbers in the report's own words (not figures of a version): each is marked data-const
@@ -53,7 +54,7 @@ class Versions:
         return metrics
 
     def html(self, version: str) -> str:
-        return (self.registry.version_dir(version) / REPORT_FILE).read_text()
+        return report_path(self.registry.root, version).read_text()  # the stored file, as people open it
 
 
 @pytest.fixture(scope="module")
@@ -261,17 +262,17 @@ def test_report_is_self_contained(versions: Versions):
 def test_report_figure_is_a_valid_png_recorded_and_embedded(versions: Versions, name: str):
     from matplotlib.image import imread
 
-    vdir = versions.registry.version_dir(versions.challenger)
-    path = vdir / figure_file(name)
+    path = report_path(versions.registry.root, versions.challenger, figure_file(name))
     data = path.read_bytes()
     assert data.startswith(PNG_MAGIC) and len(data) > 10_000
     pixels = imread(path)
     height, width = pixels.shape[:2]
     assert width >= 500 and height >= 300
     assert float(np.std(pixels[..., :3])) > 0.05  # drawn, not one colour
-    meta = versions.registry.read_meta(versions.challenger)
-    assert meta["files"][figure_file(name)] == hashlib.sha256(data).hexdigest()
-    assert meta["files"][REPORT_FILE] == hashlib.sha256((vdir / REPORT_FILE).read_bytes()).hexdigest()
+    record = report_record(versions.registry.root, versions.challenger)
+    assert record is not None and record["files"][figure_file(name)] == hashlib.sha256(data).hexdigest()
+    html = report_path(versions.registry.root, versions.challenger).read_bytes()
+    assert record["files"][REPORT_FILE] == hashlib.sha256(html).hexdigest()
     embedded = printed(versions.html(versions.challenger)).images
     assert f"data:image/png;base64,{base64.b64encode(data).decode()}" in embedded
 
@@ -310,16 +311,16 @@ def test_read_report_not_evaluated_version_says_so(tmp_path: Path, trained_templ
 
 def test_read_report_changed_file_fails_its_integrity_check(tmp_path: Path, versions: Versions):
     registry = versions.registry
-    vdir = registry.version_dir(versions.rejected)
-    original = (vdir / REPORT_FILE).read_bytes()
+    stored = report_path(registry.root, versions.rejected)  # the store's object, changed behind its back
+    original = stored.read_bytes()
     try:
-        (vdir / REPORT_FILE).write_bytes(original.replace(b"REJECTED", b"PASSED!!"))
+        stored.write_bytes(original.replace(b"REJECTED", b"PASSED!!"))
         with pytest.raises(
             ArtifactIntegrityError, match=r"report\.html of version \S+ fails its integrity check"
         ):
             read_report(registry, versions.rejected)
     finally:
-        (vdir / REPORT_FILE).write_bytes(original)
+        stored.write_bytes(original)
     assert read_report(registry, versions.rejected) == original
 
 

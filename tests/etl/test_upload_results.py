@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -28,6 +27,14 @@ from tests.drive_server import DriveEnv, drive_env
 from tests.drive_server.keys import SA_EMAIL
 from tests.etl.conftest import trained_copy
 from tests.pipeline_support import make_settings
+from tests.registry_support import (
+    registry_db_url,
+    report_path,
+    report_record,
+    sql,
+    uploaded_bytes,
+    version_dir,
+)
 
 NOW = datetime(2026, 3, 15, 10, 15, 0, tzinfo=UTC)
 STAMP = "20260315_101500"
@@ -35,15 +42,19 @@ UPLOADED = ("model.joblib", "metrics.json", "report.html")
 
 
 def make_version(registry: Registry, *, evaluated: bool = True, recall: float = 0.99) -> str:
-    """A registry version with a (tiny) model.joblib and, when ``evaluated``, a metrics.json and a stand-in
+    """A registry version with a (tiny) model.joblib and, when ``evaluated``, an evaluation and a stand-in
     report.html."""
     version = new_version_name("upload-test")
     files = {"model.json": b"{}", "model.joblib": b"a tiny stand-in", "holdout.csv": b"Class\n0\n1\n"}
     registry.create_version(version, files, {"threshold": 0.5})
     if evaluated:
         registry.write_metrics(version, {"recall": recall, "quality_gate": {"passed": True, "reasons": []}})
-        (registry.version_dir(version) / "report.html").write_text(f"<p>report of {version}</p>\n")
+        registry.publish_report(version, {"report.html": f"<p>report of {version}</p>\n".encode()})
     return version
+
+
+def stored(registry: Registry, version: str) -> dict[str, bytes]:
+    return uploaded_bytes(registry.root, version)
 
 
 @pytest.fixture
@@ -61,7 +72,7 @@ def test_upload_to_storage_without_folder_id_backs_up_locally_and_skips_drive(
     result = upload_to_storage(version, registry=registry, settings=settings, now=NOW)
 
     backup = settings.upload_dir / STAMP
-    vdir = registry.version_dir(version)
+    expected = stored(registry, version)
     assert result.to_dict() == {
         "version": version,
         "timestamp": STAMP,
@@ -69,8 +80,8 @@ def test_upload_to_storage_without_folder_id_backs_up_locally_and_skips_drive(
         "files": [
             {
                 "name": name,
-                "size": (vdir / name).stat().st_size,
-                "md5": md5_file(vdir / name),
+                "size": len(expected[name]),
+                "md5": hashlib.md5(expected[name]).hexdigest(),
                 "path": str(backup / name),
             }
             for name in UPLOADED
@@ -85,7 +96,7 @@ def test_upload_to_storage_without_folder_id_backs_up_locally_and_skips_drive(
         },
     }
     for name in UPLOADED:
-        assert (backup / name).read_bytes() == (vdir / name).read_bytes()
+        assert (backup / name).read_bytes() == expected[name]
     assert sorted(p.name for p in backup.iterdir()) == sorted(UPLOADED)
     assert sorted(p.name for p in settings.upload_dir.iterdir()) == [STAMP]  # no temporary folder left
     (record,) = registry.read_meta(version)["uploads"]
@@ -114,7 +125,7 @@ def test_upload_to_storage_not_evaluated_version_is_refused(tmp_path: Path):
 
 def test_upload_to_storage_missing_model_file_is_refused(local: tuple[Settings, Registry, str]):
     settings, registry, version = local
-    (registry.version_dir(version) / "model.joblib").unlink()
+    (version_dir(registry.root, version) / "model.joblib").unlink()  # gone from the store
 
     with pytest.raises(ArtifactIntegrityError, match=f"version {version} has no model.joblib"):
         upload_to_storage(version, registry=registry, settings=settings)
@@ -124,17 +135,18 @@ def test_upload_to_storage_version_without_report_gets_it_written_first(tmp_path
     settings, trained = trained_copy(trained_template, tmp_path)
     registry = open_registry(settings)
     evaluate_version(settings, registry, trained.version)
-    vdir = registry.version_dir(trained.version)
-    (vdir / "report.html").unlink()  # as for a version evaluated before reports existed
-    shutil.rmtree(vdir / "report")
+    # as for a version evaluated before reports existed: its evaluation names no report
+    sql(registry_db_url(settings.results_dir), "UPDATE registry_evaluations SET report = NULL")
 
     result = upload_to_storage(trained.version, registry=registry, settings=settings, now=NOW)
 
-    report = (vdir / "report.html").read_bytes()
-    assert report.startswith(b"<!DOCTYPE html>") and (vdir / "report" / "roc.png").is_file()
+    report = report_path(settings.results_dir, trained.version).read_bytes()
+    assert report.startswith(b"<!DOCTYPE html>")
+    assert report_path(settings.results_dir, trained.version, "report/roc.png").is_file()
     assert (Path(result.backup_dir) / "report.html").read_bytes() == report
     assert [f["name"] for f in result.files] == list(UPLOADED)
-    assert registry.read_meta(trained.version)["files"]["report.html"] == hashlib.sha256(report).hexdigest()
+    record = report_record(settings.results_dir, trained.version)
+    assert record is not None and record["files"]["report.html"] == hashlib.sha256(report).hexdigest()
 
 
 def test_upload_to_storage_twice_in_one_second_reuses_an_identical_backup(
@@ -183,16 +195,16 @@ def test_upload_to_storage_failed_copy_leaves_no_partial_backup(
     local: tuple[Settings, Registry, str], monkeypatch: pytest.MonkeyPatch
 ):
     settings, registry, version = local
-    real_copy = __import__("shutil").copyfile
-    calls: list[str] = []
+    real_md5 = md5_file
+    calls: list[Path] = []
 
-    def failing_copy(src: object, dst: object) -> object:
-        calls.append(str(src))
+    def failing_after_first(path: Path) -> str:  # the second file of the backup cannot be written whole
+        calls.append(path)
         if len(calls) == 2:
             raise OSError(28, "No space left on device")
-        return real_copy(src, dst)
+        return real_md5(path)
 
-    monkeypatch.setattr("etl.upload_results.shutil.copyfile", failing_copy)
+    monkeypatch.setattr("etl.upload_results.md5_file", failing_after_first)
 
     with pytest.raises(OSError, match="No space left"):
         upload_to_storage(version, registry=registry, settings=settings, now=NOW)
@@ -226,12 +238,12 @@ def test_upload_to_storage_uploads_to_drive_and_records_ids_in_meta(
     assert d["folder_name"] == STAMP and d["retries"] == 0
     (folder,) = drive.state.children(drive.parent_id, folders=True)
     assert d["folder_id"] == folder.id and folder.name == STAMP
-    vdir = registry.version_dir(version)
-    stored = {f.name: f for f in drive.state.children(folder.id)}
+    expected = stored(registry, version)
+    in_drive = {f.name: f for f in drive.state.children(folder.id)}
     assert [(f["name"], f["id"], f["md5"]) for f in d["files"]] == [
-        (name, stored[name].id, md5_file(vdir / name)) for name in UPLOADED
+        (name, in_drive[name].id, hashlib.md5(expected[name]).hexdigest()) for name in UPLOADED
     ]
-    assert all(stored[n].content == (vdir / n).read_bytes() for n in stored)
+    assert all(in_drive[n].content == expected[n] for n in in_drive)
     meta = registry.read_meta(version)
     assert meta["drive"] == {
         "parent_folder_id": drive.parent_id,
@@ -248,7 +260,7 @@ def test_upload_to_storage_drive_down_keeps_the_backup_then_a_retry_completes_wi
     drive: DriveEnv, with_drive: tuple[Settings, Registry, str]
 ):
     settings, registry, version = with_drive
-    vdir = registry.version_dir(version)
+    expected = stored(registry, version)
     # the folder gets made, then every media upload fails: Drive "stays down" for this attempt
     drive.state.inject("upload.init", status=503, times=1000)
 
@@ -259,7 +271,7 @@ def test_upload_to_storage_drive_down_keeps_the_backup_then_a_retry_completes_wi
     assert info.value.step == "upload model.joblib"
     assert info.value.backup_dir == str(backup)
     assert info.value.retries == settings.drive_retries
-    assert all((backup / n).read_bytes() == (vdir / n).read_bytes() for n in UPLOADED)
+    assert all((backup / n).read_bytes() == expected[n] for n in UPLOADED)
     failed = registry.read_meta(version)["drive"]
     assert failed["status"] == "failed" and failed["step"] == "upload model.joblib"
     assert failed["folder_name"] == STAMP and failed["folder_id"]
@@ -272,8 +284,8 @@ def test_upload_to_storage_drive_down_keeps_the_backup_then_a_retry_completes_wi
     assert result.drive["folder_id"] == failed["folder_id"] and result.drive["folder_name"] == STAMP
     assert result.backup_dir == str(settings.upload_dir / "20260315_110000")
     (folder,) = drive.state.children(drive.parent_id, folders=True)
-    stored = sorted((f.name, f.md5) for f in drive.state.children(folder.id))
-    assert stored == sorted((n, md5_file(vdir / n)) for n in UPLOADED)
+    in_drive = sorted((f.name, f.md5) for f in drive.state.children(folder.id))
+    assert in_drive == sorted((n, hashlib.md5(expected[n]).hexdigest()) for n in UPLOADED)
 
     # and once more: nothing new in Drive
     third = upload_to_storage(version, registry=registry, settings=settings)

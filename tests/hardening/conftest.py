@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import http.server
-import json
 import pickle
 import socket
 import threading
@@ -18,6 +17,7 @@ import pytest
 
 from etl.hashing import sha256_file
 from tests.conftest import Service, start_service
+from tests.registry_support import meta_of, metrics_of, version_dir
 from tests.waiting import wait_until
 
 TOKEN = "hardening-token-7f3a9c2e1b5d4a60"
@@ -92,19 +92,22 @@ def models(service: Service) -> dict[str, Any]:
 
 
 def check_registry_consistent(service: Service) -> dict[str, Any]:
-    """What GET /models lists must be true on disk: every servable version is complete and verifies."""
+    """What GET /models lists must be true in the stores: every version listed has its files in the artifact
+    folder, every servable one verifies and its evaluation passed the gate."""
     listing = models(service)
     root = service.results_dir
     for m in listing["models"]:
-        vdir = root / "models" / m["version"]
-        meta = json.loads((vdir / "meta.json").read_text())
+        vdir = version_dir(root, m["version"])
+        meta = meta_of(root, m["version"])
+        assert {"model.json", "model.joblib", "holdout.csv"} <= set(meta["files"]), m
+        for name in meta["files"]:
+            assert (vdir / name).is_file(), f"{m['version']} lists {name}, which the store does not hold"
         if m["servable"] or m["served"]:
             assert m["status"] == "passed", m
-            for name in ("model.json", "model.joblib"):
+            for name in ("model.json", "model.joblib", "holdout.csv"):
                 assert sha256_file(vdir / name) == meta["files"][name], f"{m['version']} {name} fails sha256"
-            assert (vdir / "holdout.csv").is_file() and (vdir / "metrics.json").is_file(), m
-            metrics = json.loads((vdir / "metrics.json").read_text())
-            assert metrics["quality_gate"]["passed"] is True, m
+            metrics = metrics_of(root, m["version"])
+            assert metrics is not None and metrics["quality_gate"]["passed"] is True, m
     served = listing["served_version"]
     if served is not None:
         assert [m["version"] for m in listing["models"] if m["served"]] == [served], listing

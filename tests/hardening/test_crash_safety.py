@@ -7,7 +7,6 @@ staging) leftover temporary files, and complete a re-run of the interrupted step
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -19,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from etl.atomic import json_bytes
 from etl.hashing import sha256_file
 from etl.registry import Registry
 from tests.conftest import Service, start_service
@@ -29,6 +29,7 @@ from tests.hardening.conftest import (
     train_and_promote,
 )
 from tests.hardening.drive import restartable_drive
+from tests.registry_support import meta_of, metrics_of, version_dir
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -57,8 +58,8 @@ def _check_after_restart(service: Service) -> str:
     assert r.status_code == 200, f"nothing served after restart: {r.text}\n{service.log()[-2000:]}"
     served = r.json()["model_version"]
     root = service.results_dir
-    vdir = root / "models" / served
-    meta = json.loads((vdir / "meta.json").read_text())
+    vdir = version_dir(root, served)
+    meta = meta_of(root, served)
     assert sha256_file(vdir / "model.joblib") == meta["files"]["model.joblib"], (
         f"served {served} fails sha256"
     )
@@ -66,17 +67,21 @@ def _check_after_restart(service: Service) -> str:
     assert sha256_file(root / "model.joblib") == meta["files"]["model.joblib"], (
         "results/model.joblib is stale"
     )
-    assert (root / "metrics.json").read_bytes() == (vdir / "metrics.json").read_bytes(), (
+    assert (root / "metrics.json").read_bytes() == json_bytes(metrics_of(root, served)), (
         "results/metrics.json is not the served version's"
     )
     listing = check_registry_consistent(service)
     assert listing["served_version"] == served
-    # registry temp files are cleaned at start-up; nothing else in models/ but complete versions
+    # temporary files are cleaned at start-up; the artifact folder holds published versions only (a killed
+    # upload's files are deleted by recover(), which holds the training lease), and the reference sets
+    listed = {m["version"] for m in listing["models"]}
     leftovers = [p.name for p in [*root.iterdir(), *(root / "models").iterdir()] if p.name.startswith(".tmp")]
     assert not leftovers, f"temporary files left in the registry: {leftovers}"
     for p in (root / "models").iterdir():
-        assert VERSION_RE.match(p.name) and (p / "meta.json").is_file(), f"stray entry {p}"
-        assert {"model.joblib", "meta.json", "holdout.csv"} <= {f.name for f in p.iterdir()}, p
+        if p.name == "reference":
+            continue
+        assert VERSION_RE.match(p.name) and p.name in listed, f"stray entry {p}"
+        assert {"model.joblib", "model.json", "holdout.csv"} <= {f.name for f in p.iterdir()}, p
     # backups: staging folders (.tmp-*) may remain and are ignored; every real backup folder is complete
     upload = service.upload_dir
     if upload.is_dir():
@@ -149,8 +154,8 @@ def test_kill9_during_pipeline_steps_then_restart_is_consistent(tmp_path: Path, 
 
 def test_kill9_during_drive_upload_then_rerun_leaves_one_copy(tmp_path: Path, bundled_csv: Path) -> None:
     """Kills inside a Drive upload (Drive made slow, so the kills land between its calls): the re-run
-    resumes from the Drive state recorded in meta.json, so each version ends with one Drive folder holding
-    one copy of each file."""
+    resumes from the Drive state recorded in the registry, so each version ends with one Drive folder
+    holding one copy of each file."""
     rng = random.Random(SEED + 1)
     outcomes: Counter[str] = Counter()
     folder_of: dict[str, str] = {}

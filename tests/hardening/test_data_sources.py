@@ -32,6 +32,7 @@ from etl.source import IPAddress, SourcePolicy
 from tests.conftest import BUNDLED_CSV, BUNDLED_SHA256, ROOT, Service, start_service
 from tests.hardening.conftest import TOKEN, client, start_promoted, train_and_promote
 from tests.pipeline_support import make_settings
+from tests.registry_support import meta_of, registry_db_url, sql
 
 SECRET = "AWS_SECRET_ACCESS_KEY=AKIAHARDENINGSECRET42"
 PASSWORD = "db_password=hunter2-internal-only"
@@ -384,10 +385,12 @@ def test_train_credentials_in_data_url_never_stored_logged_or_shown(
     texts["log"] = loopback.log()
     for path in [*loopback.results_dir.rglob("*.json"), *loopback.upload_dir.rglob("*.json")]:
         texts[str(path)] = path.read_text()
+    url = registry_db_url(loopback.results_dir)
+    for table in ("registry_versions", "registry_evaluations", "registry_leases", "registry_reference"):
+        texts[f"table {table}"] = json.dumps(sql(url, f"SELECT * FROM {table}"), default=str)
     leaks = [name for name, text in texts.items() if marker in text]
     assert not leaks, f"credentials or query found in {leaks}"
-    vdir = loopback.results_dir / "models" / version
-    assert json.loads((vdir / "meta.json").read_text())["data_source"] == internal.url("/good.csv")
+    assert meta_of(loopback.results_dir, version)["data_source"] == internal.url("/good.csv")
 
 
 @pytest.mark.integration

@@ -6,16 +6,17 @@ back, /upload completes and Drive holds one folder with one copy of each file, b
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from etl.hashing import md5_file
 from tests.conftest import Service, start_service
 from tests.hardening.conftest import TOKEN, client, train_and_promote
 from tests.hardening.drive import RestartableDrive, restartable_drive
+from tests.registry_support import meta_of, uploaded_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +42,7 @@ def test_upload_drive_down_whole_upload_502_backup_intact_then_completes_once(
     service: tuple[Service, str], drive: RestartableDrive
 ) -> None:
     svc, version = service
-    vdir = svc.results_dir / "models" / version
+    expected = uploaded_bytes(svc.results_dir, version)
     drive.stop()  # Drive is down: every connection is refused, the token endpoint included
 
     with client(svc) as c:
@@ -55,10 +56,10 @@ def test_upload_drive_down_whole_upload_502_backup_intact_then_completes_once(
     assert backup.parent == svc.upload_dir, detail
     assert {p.name for p in backup.iterdir()} == {"model.joblib", "metrics.json", "report.html"}
     for name in ("model.joblib", "metrics.json", "report.html"):
-        assert (backup / name).read_bytes() == (vdir / name).read_bytes(), f"backup {name} differs"
+        assert (backup / name).read_bytes() == expected[name], f"backup {name} differs"
     assert drive.state.children(drive.env.parent_id) == [], "something reached Drive while it was down"
-    meta = (vdir / "meta.json").read_text()
-    assert '"status": "failed"' in meta, meta
+    meta = meta_of(svc.results_dir, version)
+    assert meta["drive"]["status"] == "failed", meta
 
     drive.start()  # Drive is back on the same address
     with client(svc) as c:
@@ -78,7 +79,9 @@ def test_upload_drive_down_whole_upload_502_backup_intact_then_completes_once(
         f.name for f in stored
     ]
     for f in stored:
-        assert f.md5 == md5_file(vdir / f.name), f"{f.name} on Drive differs from the version's file"
+        assert f.md5 == hashlib.md5(expected[f.name]).hexdigest(), (
+            f"{f.name} on Drive differs from the version's"
+        )
     log = svc.log()
     leaked = [s for s in drive.env.leaked_secrets() if s in log] + ([TOKEN] if TOKEN in log else [])
     assert not leaked, "a key line or token is in the service log"

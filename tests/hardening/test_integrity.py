@@ -24,6 +24,7 @@ from tests.hardening.conftest import (
     train_and_promote,
     wait_serving,
 )
+from tests.registry_support import meta_of, registry_db_url, set_row, sql, version_dir
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -54,16 +55,17 @@ def test_integrity_control_payload_runs_code_when_unpickled(tmp_path: Path) -> N
     assert marker.read_text() == "unpickled"
 
 
-def _tamper_as_an_attacker_would(vdir: Path, marker: Path) -> None:
-    """Rewrite model.json (always 'benign') and model.joblib (a malicious pickle), and recompute every
-    sha256 in meta.json: all an attacker who can write results/, but not the signing key, can do."""
+def _tamper_as_an_attacker_would(results: Path, version: str, marker: Path) -> None:
+    """Rewrite model.json (always 'benign') and model.joblib (a malicious pickle) in the artifact store, and
+    recompute every sha256 in the registry's database: all an attacker who can write both stores, but has
+    not the signing key, can do."""
+    vdir = version_dir(results, version)
     doc = json.loads((vdir / "model.json").read_text())
     doc["bias"] = -1e6
     (vdir / "model.json").write_text(json.dumps(doc))
     (vdir / "model.joblib").write_bytes(malicious_pickle(marker))
-    meta = json.loads((vdir / "meta.json").read_text())
-    meta["files"] = {name: sha256_file(vdir / name) for name in meta["files"]}
-    (vdir / "meta.json").write_text(json.dumps(meta))
+    files = meta_of(results, version)["files"]
+    set_row(registry_db_url(results), version, files={name: sha256_file(vdir / name) for name in files})
 
 
 def test_integrity_tampered_candidate_refused_at_promotion_evaluate_and_pointer_switch(
@@ -72,7 +74,7 @@ def test_integrity_tampered_candidate_refused_at_promotion_evaluate_and_pointer_
     service, served = promoted_service
     candidate = _train_unserved(service)
     marker = tmp_path / "marker"
-    _tamper_as_an_attacker_would(service.results_dir / "models" / candidate, marker)
+    _tamper_as_an_attacker_would(service.results_dir, candidate, marker)
     mirror_before = sha256_file(service.results_dir / "model.joblib")
 
     with client(service) as c:
@@ -84,9 +86,13 @@ def test_integrity_tampered_candidate_refused_at_promotion_evaluate_and_pointer_
         assert "integrity check" in r.json()["detail"], r.text
     assert _predict_version(service) == served
 
-    # another process switches the pointer to the tampered version: the watcher refuses it, keeps serving
-    pointer = service.results_dir / "current.json"
-    pointer.write_text(json.dumps({"version": candidate}))
+    # someone with the database's password switches the pointer to the tampered version behind the
+    # registry's back: the watcher refuses it and keeps serving
+    sql(
+        registry_db_url(service.results_dir),
+        "UPDATE registry_pointer SET version = :v, epoch = epoch + 1",
+        v=candidate,
+    )
     refusal = f"cannot serve version {candidate}"
     wait_until(
         lambda: refusal in service.log(), 10, lambda: f"the refusal in the log:\n{service.log()[-2000:]}"
@@ -127,7 +133,7 @@ def test_integrity_served_model_changed_on_disk_refused_at_start(
     service, served = promoted_service
     other = _train_unserved(service)
     service.stop()
-    model = service.results_dir / "models" / served / "model.json"
+    model = version_dir(service.results_dir, served) / "model.json"  # the store's object
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 0x01  # one flipped bit
     model.write_bytes(bytes(data))

@@ -15,40 +15,43 @@ from etl.errors import ArtifactIntegrityError
 from etl.registry import Registry
 from tests.hardening.conftest import malicious_pickle
 from tests.pipeline_support import fitted_version_files
+from tests.registry_support import registry_db_url, set_row, version_dir
 
 KEY = b"k" * 32
 
 
 @pytest.mark.parametrize("training_running", [False, True])
-def test_recover_removes_staging_only_of_dead_trainings(tmp_path: Path, training_running: bool) -> None:
-    """A restart while another process (the CLI, another worker) is training must not delete its staging
-    folder; one left by a killed training (its lock died with it) is removed."""
+def test_recover_removes_unpublished_files_only_of_dead_trainings(
+    tmp_path: Path, training_running: bool
+) -> None:
+    """A restart while another process (the CLI, another worker, another host) is training must not delete
+    the files it is uploading; those a killed training left (its lease died with it) are removed."""
     registry = Registry(tmp_path / "results")
-    staging = registry.models_dir / ".tmp-20260101T000000Z-0123abcd"
-    staging.mkdir(parents=True)
-    (staging / "model.joblib").write_bytes(b"half")
-    other = Registry(tmp_path / "results")  # another process's view: flock conflicts across open files
+    unpublished = "20260101T000000Z-0123abcd"
+    registry.store.put_new(f"{unpublished}/model.joblib", b"half")
+    other = Registry(tmp_path / "results")  # another process's view of the same registry
     if training_running:
         with other.training_lock():
             removed = registry.recover()
     else:
         removed = registry.recover()
-    assert staging.exists() is training_running, removed
-    assert (str(staging) in removed) is not training_running, removed
+    assert registry.store.exists(f"{unpublished}/model.joblib") is training_running, removed
+    assert (unpublished in removed) is not training_running, removed
 
 
 def test_registry_never_unpickles_even_a_hash_fixed_up_model_joblib(tmp_path: Path) -> None:
     """model.joblib is for people to download: no registry operation loads it, so a malicious pickle with
-    its sha256 recomputed in meta.json runs nothing (promotion, verification, recovery, model loading)."""
+    its sha256 recomputed in the database runs nothing (promotion, verification, recovery, model loading)."""
     files, _ = fitted_version_files(tmp_path)
     registry = Registry(tmp_path / "results", KEY)
     version = "20260101T000000Z-0123abcd"
-    vdir = registry.create_version(version, files, {"threshold": 0.5})
+    registry.create_version(version, files, {"threshold": 0.5})
     marker = tmp_path / "marker"
     evil = malicious_pickle(marker)
-    (vdir / "model.joblib").write_bytes(evil)
+    (version_dir(registry.root, version) / "model.joblib").write_bytes(evil)
     meta = registry.read_meta(version)
-    registry.update_meta(version, files={**meta["files"], "model.joblib": hashlib.sha256(evil).hexdigest()})
+    url = registry_db_url(registry.root)
+    set_row(url, version, files={**meta["files"], "model.joblib": hashlib.sha256(evil).hexdigest()})
     registry.write_metrics(version, {"quality_gate": {"passed": True, "reasons": []}})
 
     registry.verify(version)
@@ -67,7 +70,8 @@ def test_load_model_uses_only_the_bytes_it_verified(tmp_path: Path) -> None:
     files, _ = fitted_version_files(tmp_path)
     registry = Registry(tmp_path / "results", KEY)
     version = "20260101T000000Z-0123abcd"
-    vdir = registry.create_version(version, files, {"threshold": 0.5})
+    registry.create_version(version, files, {"threshold": 0.5})
+    vdir = version_dir(registry.root, version)
     model = vdir / "model.json"
     good = model.read_bytes()
     trained = registry.load_model(version)

@@ -7,12 +7,13 @@
   new version from the retried run is ever served. Versions are never overwritten or merged: every train
   is its own version by design (lineage), so the guarantee is about what can be served, not about count.
 * /upload retried after a client timeout: uploads are serialised by a lock and the version's Drive state
-  (folder id, file ids) is recorded in meta.json as it progresses, so the retry reuses the folder and the
+  (folder id, file ids) is recorded in the registry as it progresses, so the retry reuses the folder and the
   files already there: Drive ends with one folder holding one copy of each file.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,7 @@ from tests.hardening.conftest import (
     train_and_promote,
 )
 from tests.hardening.drive import RestartableDrive, restartable_drive
+from tests.registry_support import meta_of
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -153,7 +155,7 @@ def test_upload_retry_after_client_timeout_no_second_drive_copy(
             r = c.post("/upload")  # Airflow's retry: waits for the first upload, then reuses its Drive state
         assert r.status_code == 200, r.text
         result = r.json()
-        meta = (svc.results_dir / "models" / version / "meta.json").read_text()
+        meta = json.dumps(meta_of(svc.results_dir, version))
     finally:
         svc.stop()
     folders = drive.state.children(drive.env.parent_id, folders=True)

@@ -7,6 +7,7 @@ upload completes into the same folder without duplicates. No key material or tok
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from etl.hashing import md5_file
 from tests.conftest import Service, start_service
 from tests.drive_server import DriveEnv, drive_env
+from tests.registry_support import uploaded_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +68,7 @@ def test_upload_route_sends_the_served_model_to_drive_once(service: Service, dri
 
     assert response.status_code == 200, response.text
     body = response.json()
-    vdir = service.results_dir / "models" / version
+    expected = uploaded_bytes(service.results_dir, version)
     assert body["version"] == version
     assert Path(body["backup_dir"]) == service.upload_dir / body["timestamp"]
     drive_part = body["drive"]
@@ -80,10 +81,10 @@ def test_upload_route_sends_the_served_model_to_drive_once(service: Service, dri
     assert stored["report.html"].mime_type == "text/html"
     assert stored["report.html"].content.startswith(b"<!DOCTYPE html>")
     for item in drive_part["files"]:
-        local = vdir / item["name"]
+        data = expected[item["name"]]
         assert stored[item["name"]].id == item["id"]
-        assert stored[item["name"]].content == local.read_bytes()
-        assert item["md5"] == md5_file(local) and item["size"] == local.stat().st_size
+        assert stored[item["name"]].content == data
+        assert item["md5"] == hashlib.md5(data).hexdigest() and item["size"] == len(data)
 
 
 def test_upload_route_drive_down_is_502_with_step_and_backup_then_completes_without_duplicates(
@@ -100,9 +101,9 @@ def test_upload_route_drive_down_is_502_with_step_and_backup_then_completes_with
     assert "HTTP 503 backendError" in detail
     (backup,) = list(service.upload_dir.iterdir())
     assert f"the local backup is intact at {backup}" in detail
-    vdir = service.results_dir / "models" / version
+    expected = uploaded_bytes(service.results_dir, version)
     for name in ("model.joblib", "metrics.json", "report.html"):
-        assert (backup / name).read_bytes() == (vdir / name).read_bytes()
+        assert (backup / name).read_bytes() == expected[name]
     assert metric(service, "bcd_drive_upload_failures_total") == 1
     assert metric(service, "bcd_drive_upload_retries_total") == 4
 
@@ -115,11 +116,7 @@ def test_upload_route_drive_down_is_502_with_step_and_backup_then_completes_with
     assert done.json()["drive"]["folder_id"] == again.json()["drive"]["folder_id"] == folder.id
     assert again.json()["drive"]["skipped"] == ["model.joblib", "metrics.json", "report.html"]
     stored = sorted((f.name, f.md5) for f in drive.state.children(folder.id))
-    assert stored == [
-        ("metrics.json", md5_file(vdir / "metrics.json")),
-        ("model.joblib", md5_file(vdir / "model.joblib")),
-        ("report.html", md5_file(vdir / "report.html")),
-    ]
+    assert stored == [(name, hashlib.md5(expected[name]).hexdigest()) for name in sorted(expected)]
 
 
 def test_upload_route_quota_error_is_502_with_the_fix_and_no_secret_in_the_log(

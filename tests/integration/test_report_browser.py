@@ -22,6 +22,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Page
 
 from tests.conftest import BUNDLED_CSV, Service, start_service
 from tests.integration.browser import Traffic, chromium, offline_page
+from tests.registry_support import report_path
 
 pytestmark = pytest.mark.integration
 
@@ -128,7 +129,7 @@ def test_report_file_opens_offline_as_an_attachment(browser: Browser, service: S
     version = service.extra["passed"]
     attachment = tmp_path / "Downloads" / "report.html"  # saved anywhere, away from the registry
     attachment.parent.mkdir()
-    shutil.copy(service.results_dir / "models" / version / "report.html", attachment)
+    shutil.copy(report_path(service.results_dir, version), attachment)
     with offline_page(browser, allow=(attachment.as_uri(),), viewport=VIEWPORT, offline=True) as (
         page,
         traffic,

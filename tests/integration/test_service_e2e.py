@@ -22,6 +22,7 @@ import pytest
 from etl.features import FEATURE_COLUMNS, FEATURE_NAMES
 from tests.conftest import BUNDLED_CSV, BUNDLED_SHA256, Service, start_service, static_server
 from tests.pipeline_support import read_bundled
+from tests.registry_support import meta_of, metrics_of, reference_frame, served_of, uploaded_bytes
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -93,8 +94,9 @@ def test_e2e_train_evaluate_upload_responses(run: Run):
 def test_e2e_artifacts_on_disk(run: Run):
     results = run.service.results_dir
     model = run.vdir / "model.joblib"
-    meta = json.loads((run.vdir / "meta.json").read_text())
-    metrics = json.loads((run.vdir / "metrics.json").read_text())
+    meta = meta_of(results, run.version)
+    metrics = metrics_of(results, run.version)
+    assert metrics is not None
 
     assert meta["files"]["model.joblib"] == hashlib.sha256(model.read_bytes()).hexdigest()
     assert meta["files"]["model.json"] == hashlib.sha256((run.vdir / "model.json").read_bytes()).hexdigest()
@@ -106,9 +108,9 @@ def test_e2e_artifacts_on_disk(run: Run):
     for key in ("accuracy", "precision", "recall", "f1", "roc_auc"):
         assert metrics[key] == run.evaluate["metrics"][key]
     assert metrics["quality_gate"]["passed"] is True
-    assert json.loads((results / "current.json").read_text())["version"] == run.version
+    assert served_of(results) == (run.version, 1)
     assert (results / "model.joblib").read_bytes() == model.read_bytes()
-    assert (results / "metrics.json").read_bytes() == (run.vdir / "metrics.json").read_bytes()
+    assert json.loads((results / "metrics.json").read_text()) == metrics
     raw = run.service.workdir / "data" / "raw" / f"{BUNDLED_SHA256}.csv"
     assert raw.read_bytes() == BUNDLED_CSV.read_bytes()
     assert not [p for p in run.service.workdir.rglob(".tmp-*")]
@@ -118,8 +120,9 @@ def test_e2e_backup_folder_byte_identical(run: Run):
     backup = Path(run.upload["backup_dir"])
     assert backup.parent == run.service.upload_dir and backup.name == run.upload["timestamp"]
     assert sorted(p.name for p in backup.iterdir()) == ["metrics.json", "model.joblib", "report.html"]
+    expected = uploaded_bytes(run.service.results_dir, run.version)
     for name in ("model.joblib", "metrics.json", "report.html"):
-        assert (backup / name).read_bytes() == (run.vdir / name).read_bytes()
+        assert (backup / name).read_bytes() == expected[name]
 
 
 def test_e2e_batch_parity_with_stored_pipeline_on_every_row(run: Run):
@@ -138,7 +141,7 @@ def test_e2e_batch_parity_with_stored_pipeline_on_every_row(run: Run):
     assert len(got) == len(complete) == 683
     assert np.max(np.abs(got - expected)) <= 1e-9
     threshold = out["threshold"]
-    assert threshold == json.loads((run.vdir / "meta.json").read_text())["threshold"]
+    assert threshold == meta_of(run.service.results_dir, run.version)["threshold"]
     assert out["model_version"] == run.version
     for p in out["predictions"]:
         assert p["class"] == int(p["probability_malignant"] >= threshold)
@@ -170,11 +173,11 @@ def test_e2e_single_predict_matches_pipeline(run: Run):
 
 def test_e2e_holdout_ids_never_in_training_split(run: Run):
     holdout = pd.read_csv(run.vdir / "holdout.csv")
-    meta = json.loads((run.vdir / "meta.json").read_text())
+    meta = meta_of(run.service.results_dir, run.version)
     clean = read_bundled().dropna().drop_duplicates().astype("int64")  # independent cleaning
     assert len(clean) == meta["rows"]["clean"]
     assert len(holdout) == meta["rows"]["test"]
-    reference = pd.read_csv(run.service.results_dir / "reference" / "reference.csv")
+    reference = reference_frame(run.service.results_dir)
     assert len(reference) == meta["rows"]["reference_excluded"]
     assert set(reference["Id"]).isdisjoint(holdout["Id"])
     train = clean[~clean["Id"].isin(set(holdout["Id"]) | set(reference["Id"]))]
@@ -186,12 +189,12 @@ def test_e2e_holdout_ids_never_in_training_split(run: Run):
 
 
 def test_e2e_held_out_recall_and_accuracy_meet_done_when(run: Run):
-    metrics = json.loads((run.vdir / "metrics.json").read_text())
-    assert metrics["recall"] >= 0.95 and metrics["accuracy"] >= 0.95
+    metrics = metrics_of(run.service.results_dir, run.version)
+    assert metrics is not None and metrics["recall"] >= 0.95 and metrics["accuracy"] >= 0.95
     # recompute from the held-out rows with the stored pipeline and threshold
     holdout = pd.read_csv(run.vdir / "holdout.csv")
     pipeline = joblib.load(run.vdir / "model.joblib")
-    threshold = json.loads((run.vdir / "meta.json").read_text())["threshold"]
+    threshold = meta_of(run.service.results_dir, run.version)["threshold"]
     pred = pipeline.predict_proba(holdout[list(FEATURE_COLUMNS)].to_numpy(dtype=float))[:, 1] >= threshold
     y = holdout["Class"].to_numpy()
     recall = (pred & (y == 1)).sum() / (y == 1).sum()
@@ -255,7 +258,7 @@ def test_e2e_cli_rollback_is_picked_up_by_the_running_service(run: Run):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    # the service polls current.json every MODEL_POLL_SECONDS=0.2
+    # the service polls the registry's pointer every MODEL_POLL_SECONDS=0.2
     wait_until(
         lambda: run.http.get("/ready").json()["model_version"] == run.version,
         30,
