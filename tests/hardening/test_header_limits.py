@@ -110,7 +110,7 @@ def test_headers_huge_header_streamed_fast_refused_after_bounded_bytes(service: 
     if response:  # the 431 arrives before the reset unless the reset overtook it
         _assert_431(response, TOO_LARGE)
     r = httpx.get(service.url + "/health", timeout=30)
-    assert r.status_code == 200 and r.json() == {"status": "ok"}
+    assert r.status_code == 200 and r.json()["status"] == "ok"
 
 
 def test_headers_huge_header_streamed_slowly_health_answers_meanwhile(service: Service) -> None:
@@ -189,7 +189,7 @@ def _head(n_headers: int, value: bytes = b"1") -> bytes:
 def test_headers_limits_count_and_size(service: Service, raw: bytes, detail: bytes | None) -> None:
     response = _exchange(service, raw)
     if detail is None:
-        assert _status(response) == 200 and response.endswith(b'{"status":"ok"}'), response[:300]
+        assert _status(response) == 200 and b'{"status":"ok",' in response, response[:300]
     else:
         _assert_431(response, detail)
 

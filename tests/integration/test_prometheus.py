@@ -227,7 +227,7 @@ def _drive(service: Service, prom: Prometheus) -> dict[str, int]:
     assert "detail" in call(
         "POST", "/evaluate", 404, json={"version": "19990101T000000Z-00000000"}, headers=auth
     )
-    assert call("GET", "/health", 200) == {"status": "ok"}
+    assert call("GET", "/health", 200)["status"] == "ok"
     # a training whose data source is unreachable: 502, a failed train step (its series is born at 1)
     dead = f"http://127.0.0.1:{free_port()}/BreastCancer.csv"
     assert "detail" in call("POST", "/train", 502, json={"data_url": dead}, headers=auth)
