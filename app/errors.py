@@ -89,12 +89,12 @@ def error_responses(
     text = {
         401: "missing or wrong bearer token",
         404: "no such model version",
-        409: "conflict: a training or upload is running, the version cannot be served, or another "
-        "promotion moved the served pointer first",
+        409: "conflict: a training or upload is running, the version cannot be served, another "
+        "promotion moved the served pointer first, or this trainer's lease was taken over",
         413: "request body larger than MAX_BODY_BYTES",
         422: "invalid request, or invalid data" if data_errors else "invalid request",
         502: "an upstream (data source or Google Drive) failed",
-        503: "no model is served yet",
+        503: "no model is served yet, or a database (the registry's, the prediction record's) is unreachable",
         **(text or {}),
     }
     models = {422: DataErrorResponse if data_errors else ValidationErrorResponse}

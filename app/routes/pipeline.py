@@ -155,8 +155,11 @@ def promote(
     """Serve ``version`` if it passed the quality gate and its model file verifies: a compare-and-swap on
     the served pointer's epoch, so of two racing promotions one wins and the other gets 409. Every replica
     follows within MODEL_POLL_SECONDS."""
-    previous = _timed_step("promote", lambda: holder.registry.promote(version, expected_epoch=expected_epoch))
+    registry = holder.registry
+    expected = registry.pointer().epoch if expected_epoch is None else expected_epoch
+    previous = _timed_step("promote", lambda: registry.promote(version, expected_epoch=expected))
     metrics.LAST_PROMOTION.set(time.time())
     holder.refresh()
-    epoch = holder.registry.pointer().epoch
-    return {"version": version, "previous_version": previous, "promoted": True, "epoch": epoch}
+    # the compare-and-swap moved the pointer from exactly `expected`: this promotion's epoch, whatever
+    # promotion may have followed it since
+    return {"version": version, "previous_version": previous, "promoted": True, "epoch": expected + 1}
