@@ -23,26 +23,18 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    MetaData,
     SmallInteger,
     String,
     Table,
 )
 
-from etl.db import Migrations
+from etl.db import Migrations, new_metadata
 from etl.features import FEATURE_NAMES
 
 ID_LENGTH = 40  # room above the 27 characters of app.records.ids (a 16-hex prefix, "-", 10 hex digits)
 VERSION_LENGTH = 64
 
-metadata = MetaData(
-    naming_convention={
-        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-        "pk": "pk_%(table_name)s",
-    }
-)
+metadata = new_metadata()
 
 predictions = Table(
     "predictions",

@@ -3,7 +3,7 @@ migrations applied once however many processes start (etl/db/migrate.py). Each u
 its own tables and its own tree of migrations (the prediction record: app/records/)."""
 
 from etl.db.engine import display_url, is_sqlite, make_engine, parse_url, sqlite_url
-from etl.db.migrate import Migrations, current_revision, upgrade
+from etl.db.migrate import Migrations, current_revision, new_metadata, upgrade
 
 __all__ = [
     "Migrations",
@@ -11,6 +11,7 @@ __all__ = [
     "display_url",
     "is_sqlite",
     "make_engine",
+    "new_metadata",
     "parse_url",
     "sqlite_url",
     "upgrade",

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy import Connection, Engine, MetaData, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from etl.db.engine import display_url, is_sqlite
@@ -120,3 +120,16 @@ def _migration_lock(engine: Engine, migrations: Migrations) -> Iterator[Connecti
             connection.rollback()
             connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
             connection.commit()
+
+
+def new_metadata() -> MetaData:
+    """A MetaData for one set of tables, with the constraint names every set uses (Alembic can then find,
+    alter and drop a constraint by name on every database)."""
+    return MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )

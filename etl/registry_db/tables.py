@@ -26,25 +26,17 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    MetaData,
     String,
     Table,
 )
 
-from etl.db import Migrations
+from etl.db import Migrations, new_metadata
 
 VERSION_LENGTH = 32  # YYYYMMDDTHHMMSSZ-xxxxxxxx is 25
 POINTER_ROW = 1  # the id of the pointer's one row
 LEASE_NAMES = ("training", "upload")
 
-metadata = MetaData(
-    naming_convention={
-        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-        "pk": "pk_%(table_name)s",
-    }
-)
+metadata = new_metadata()
 
 versions = Table(
     "registry_versions",
