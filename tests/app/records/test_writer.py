@@ -72,10 +72,13 @@ def test_writer_writes_within_flush_interval_and_marks_progress(store: FlakyStor
         for n in range(50):
             writer.enqueue(pending(n))
         wait_until(lambda: store.count() == 50, 30, "the queue written by the timer")
+        # the rows are committed before the writer marks how far it has written: wait for the mark too
         progress = wait_until(
-            lambda: store.writer_progress([PREFIX]).get(PREFIX), 30, "the writer registered"
+            lambda: store.writer_progress([PREFIX]).get(PREFIX, (None, None))[1],
+            30,
+            "the writer registered with how far it has written",
         )
-        assert progress[1] is not None  # how far it has written
+        assert progress is not None
     finally:
         writer.stop(30)
 
