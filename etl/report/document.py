@@ -72,7 +72,7 @@ def _img(name: str, pngs: dict[str, bytes]) -> str:
 def render_html(page: Page, pngs: dict[str, bytes]) -> str:
     """The whole report as one HTML document (figures embedded as PNG data)."""
     footer = (
-        "<footer><p>Written by <code>etl/report.py</code> from this version's <code>metrics.json</code> "
+        "<footer><p>Written by <code>etl/report/</code> from this version's <code>metrics.json</code> "
         "(every number above), <code>holdout.csv</code> and <code>nested.csv</code> (the curves). Write it "
         f"again with <code>python -m etl report {page.text('model_version')}</code>.</p></footer>"
     )
