@@ -208,7 +208,7 @@ def evaluate_version(
         "trained_at": meta.get("created_at"),
         "evaluated_at": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"),
         "versions": meta.get("libraries") or library_versions(),
-        # what the report prints besides the figures above (etl/report.py prints only metrics.json)
+        # what the report prints besides the figures above (etl/report/ prints only metrics.json)
         "params": meta.get("params"),
         "class_counts": meta.get("class_counts"),
         "lineage": {"parent_version": (meta.get("lineage") or {}).get("parent_version")},

@@ -1,5 +1,5 @@
 """Step 5: back up a version's artifacts to ``upload/<YYYYMMDD_HHMMSS>/``, then to Google Drive if configured:
-``model.joblib``, ``metrics.json`` and the evaluation report ``report.html`` (etl/report.py).
+``model.joblib``, ``metrics.json`` and the evaluation report ``report.html`` (etl/report/).
 
 The local backup is always written first (atomically: a temporary folder renamed into place), from the
 registry's checked bytes, so a Drive outage loses nothing. The Drive state of a version (folder, file ids,

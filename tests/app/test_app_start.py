@@ -79,8 +79,9 @@ def test_app_start_drive_key_missing_with_drive_folder_exits_naming_file(tmp_pat
     assert f"{key} cannot be read" in proc.stderr and "No such file or directory" in proc.stderr
 
 
-# what starting the service and answering /predict must leave unimported: plotting belongs to the pipeline's
-# report (etl/report.py imports matplotlib when it writes one), never to the service's start-up or hot path
+# what starting the service and answering /predict must leave unimported: plotting belongs to the
+# pipeline's report (etl/report/figures.py imports matplotlib when it writes one), never to the service's
+# start-up or hot path
 _START_AND_PREDICT = """
 import json, sys
 import app.__main__  # what `python -m app` imports before uvicorn starts
