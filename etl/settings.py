@@ -85,7 +85,7 @@ class Settings(BaseSettings):
         0.01, gt=0.0, lt=0.5, description="level of the paired tests against the served model"
     )
 
-    # registry database and artifact store (etl/registry.py, etl/artifacts.py; docs/replicas.md)
+    # registry database and artifact store (etl/registry/, etl/artifacts.py; docs/replicas.md)
     registry_url: str = Field(
         "",
         description="database of the registry (versions, the served pointer, the training lease): "

@@ -5,8 +5,8 @@ At evaluation (etl/judging.py), right after the metrics are recorded, ``write_re
 self-contained ``report.html`` (styles inline, figures inline as PNG data, no script, nothing from another
 host: it opens from a file or an e-mail attachment) and each figure as ``report/<name>.png``, and stores them,
 never to change, under a new ``<version>/reports/<id>/`` in the artifact store; the evaluation's row in the
-registry names them with their sha256 (etl/registry.py). ``python -m etl report VERSION`` writes them again
-(under another id).
+registry names them with their sha256 (etl/registry/publishing.py). ``python -m etl report VERSION`` writes
+them again (under another id).
 
 Every number the report prints comes from metrics.json, formatted in one place (``Page.number``) inside an
 element naming its JSON pointer and format (``data-metric``, ``data-format``), so a test can check them all.
