@@ -14,6 +14,7 @@ import json
 import random
 import re
 import shutil
+import socket
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -451,20 +452,47 @@ def test_dag_run_service_never_up_fails_wait_for_api_with_reason(
     assert re.fullmatch(expected + r"last: Connection refused\)", reason), reason
 
 
+def _ready_once_then_gone(port: int, requests: list[bytes]) -> threading.Thread:
+    """A stand-in for a service that answers one GET /ready as the service does without a model (503, its
+    JSON detail), then is gone: the listening socket is closed before that answer is sent, so every later
+    connection is refused. Deterministic, unlike stopping a real service when the sensor's log line arrives
+    (the train task's first POST could get in before the stop on a loaded machine)."""
+    listener = socket.create_server(("127.0.0.1", port))
+    body = json.dumps({"detail": "no model is served yet: POST /train, then POST /evaluate"}).encode()
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        listener.close()  # gone between the sensor and the first POST
+        with connection:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                chunk = connection.recv(65536)
+                if not chunk:
+                    return
+                request += chunk
+            requests.append(request)
+            connection.sendall(
+                b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+            )
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
 def test_dag_run_service_down_after_ready_train_reports_unreachable(
-    service_factory: Callable[..., Service], run_dag: Callable[..., DagRunResult]
+    run_dag: Callable[..., DagRunResult],
 ) -> None:
-    service = service_factory()
-    port = port_of(service)
+    port, requests = free_port(), []
+    stand_in = _ready_once_then_gone(port, requests)
 
-    def on_line(line: str) -> None:
-        if "service is up without a served model" in line and service.proc.poll() is None:
-            service.stop()  # gone between the sensor and the first POST
+    run = run_dag(port)
 
-    run = run_dag(port, on_line=on_line)
-
-    assert service.proc.poll() is not None, "the service was never stopped"
+    stand_in.join(timeout=5)
+    assert [r.split(b" ", 2)[:2] for r in requests] == [[b"GET", b"/ready"]], run.tail()
     assert run.returncode != 0, run.tail()
+    assert "service is up without a served model" in run.output, run.tail()
     assert (run.states["wait_for_api"], run.states["train"], run.states["on_failure"]) == (
         "success",
         "failed",
