@@ -103,6 +103,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         license_info={"name": "Research use only; not a medical device"},
         docs_url=None,  # app.docs serves /docs and /redoc with local assets (FastAPI's load them from CDNs)
         redoc_url=None,
+        # the service exports Prometheus metrics and no OpenTelemetry; left on, FastAPI asks OpenTelemetry
+        # for its three providers on every request (environment lookups), ~5% of a /predict
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     if given:
         app.dependency_overrides[get_settings] = lambda: settings

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from app import metrics
-from app.records.ids import format_id
 from app.records.pending import ManyPending, OnePending, Pending
 from etl.errors import DatabaseUnavailableError, EtlError, NoServedModelError
 from etl.features import LABELS
@@ -176,8 +175,7 @@ def predict_one(model: ServedModel, row: tuple[int, ...], records: PredictionRec
             "model_version": model.version,
         }
         return Answer(body, None, (p,), (cls,), False)
-    mint = records.mint
-    pid = format_id(mint.prefix, mint.take())
+    pid = records.mint.next_id()
     body = {
         "prediction_id": pid,
         "label": LABELS[cls],

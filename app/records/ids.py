@@ -41,6 +41,13 @@ class IdMint:
         self._next = 0
         self._lock = threading.Lock()
 
+    def next_id(self) -> str:
+        """One fresh id (/predict's: one call, where ``take`` and ``format_id`` are two)."""
+        with self._lock:
+            counter = self._next
+            self._next = counter + 1
+        return f"{self.prefix}-{counter:010x}"
+
     def take(self, count: int = 1) -> int:
         """The first of ``count`` fresh counters: the ids are ``format_id(self.prefix, first + i)``."""
         with self._lock:

@@ -13,7 +13,6 @@ import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -68,18 +67,22 @@ def utc(value: datetime) -> datetime:
 
 class _SqliteTime:
     """Unix microseconds -> SQLAlchemy's text format of a DateTime on SQLite (so Core reads the rows back as
-    datetimes), with the part up to the second formatted once per second."""
+    datetimes), with the part up to the second formatted once per second (``head``)."""
 
     def __init__(self) -> None:
         self._second = -1
         self._head = ""
 
+    def head(self, second: int) -> str:
+        """``YYYY-MM-DD HH:MM:SS.`` of the Unix second ``second``; the microseconds follow it."""
+        if second != self._second:
+            self._head = f"{datetime.fromtimestamp(second, UTC):%Y-%m-%d %H:%M:%S}."
+            self._second = second
+        return self._head
+
     def __call__(self, micros: int) -> str:
         second, micro = divmod(micros, 1_000_000)
-        if second != self._second:
-            self._head = f"{datetime.fromtimestamp(second, UTC):%Y-%m-%d %H:%M:%S}"
-            self._second = second
-        return f"{self._head}.{micro:06d}"
+        return self.head(second) + str(1_000_000 + micro)[1:]  # the six digits, zero-padded
 
 
 def _aware_time(micros: int) -> datetime:
@@ -132,9 +135,9 @@ class PredictionStore:
             return 0
         written = 0
         with self._connect() as connection:
-            for chunk in _row_chunks(pending, self._time):
-                connection.exec_driver_sql(self._insert(len(chunk)), tuple(chain.from_iterable(chunk)))
-                written += len(chunk)
+            for count, parameters in _parameter_chunks(pending, self._time):
+                connection.exec_driver_sql(self._insert(count), parameters)
+                written += count
         return written
 
     def _insert(self, count: int) -> str:
@@ -325,18 +328,48 @@ class PredictionStore:
         return found
 
 
-def _row_chunks(pending: Sequence[Pending], when: Callable[[int], Any]) -> Iterator[list[tuple[Any, ...]]]:
-    """The rows of ``pending`` in lists of at most INSERT_ROWS, built as they are written (so the GIL is
-    let go between statements, not held while every row of a long queue is built)."""
-    chunk: list[tuple[Any, ...]] = []
+def _parameter_chunks(
+    pending: Sequence[Pending], when: Callable[[int], Any]
+) -> Iterator[tuple[int, tuple[Any, ...]]]:
+    """(rows, their parameters in one flat tuple) for at most INSERT_ROWS rows at a time, built as they are
+    written (so the GIL is let go between statements, not held while every row of a long queue is built).
+
+    The writer holds the GIL while it builds them, and the event loop waits for it meanwhile: /predict's
+    items (plain tuples) are unpacked straight into the parameters, their times formatted inline on SQLite,
+    at about a third of the cost of a row tuple each through ``pending.rows``."""
+    parameters: list[Any] = []
+    extend = parameters.extend
+    count = 0
+    text_time = when if isinstance(when, _SqliteTime) else None
+    second = -1
+    head = ""
     for item in pending:
+        if type(item) is tuple:  # OnePending (a ManyPending is a NamedTuple: a subclass)
+            pid, created, version, threshold, probability, predicted, features = item
+            if text_time is None:
+                stamp = when(created)
+            else:
+                at, micro = divmod(created, 1_000_000)
+                if at != second:
+                    second, head = at, text_time.head(at)
+                stamp = head + str(1_000_000 + micro)[1:]
+            extend((pid, stamp, version, threshold, probability, predicted))
+            extend(features)
+            count += 1
+            if count == INSERT_ROWS:
+                yield count, tuple(parameters)
+                parameters.clear()
+                count = 0
+            continue
         for row in pending_rows(item, when):
-            chunk.append(row)
-            if len(chunk) == INSERT_ROWS:
-                yield chunk
-                chunk = []
-    if chunk:
-        yield chunk
+            extend(row)
+            count += 1
+            if count == INSERT_ROWS:
+                yield count, tuple(parameters)
+                parameters.clear()
+                count = 0
+    if count:
+        yield count, tuple(parameters)
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:

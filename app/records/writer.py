@@ -85,7 +85,7 @@ class RecordWriter:
         """Queue ``item`` for writing; when the queue is full it is counted as dropped instead. Once half
         the queue waits, the caller also yields the GIL, so the writer gets its turn before the queue
         fills (a busy event loop would otherwise hand it over only every 5 ms)."""
-        n = size(item)
+        n = 1 if type(item) is tuple else size(item)  # /predict's plain tuple without a call
         with self._lock:
             accepted = self._accepting and self._rows + n <= self.capacity
             if accepted:
