@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
+from filelock import FileLock
 
 from etl.features import EXPECTED_COLUMNS, FEATURE_COLUMNS, FEATURE_NAMES
 from etl.pipeline import evaluate_version, open_registry, train_version
@@ -121,8 +124,11 @@ def build_served_registry(base: Path) -> tuple[Settings, str]:
     """Train and evaluate (promote) one version on the bundled CSV in ``base``: (settings, version)."""
     settings = make_settings(base)
     registry = open_registry(settings)
-    trained = train_version(settings, registry)
-    evaluated = evaluate_version(settings, registry, trained.version)
+    try:
+        trained = train_version(settings, registry)
+        evaluated = evaluate_version(settings, registry, trained.version)
+    finally:
+        registry.close()  # the database whole in its file, so that the folder can be copied
     assert evaluated.promoted, evaluated.gate.reasons
     return settings, trained.version
 
@@ -130,3 +136,23 @@ def build_served_registry(base: Path) -> tuple[Settings, str]:
 def copy_tree(template: Path, dest: Path) -> Path:
     shutil.copytree(template, dest, dirs_exist_ok=True)
     return dest
+
+
+def built_once(
+    tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], dict[str, Any]]
+) -> tuple[Path, dict[str, Any]]:
+    """A read-only template folder built once per test run, and what ``build`` said of it (JSON).
+
+    Under pytest-xdist the workers share it: the first to need it builds it under a file lock in the run's
+    own temporary folder, the others wait and reuse it (a training each saved). Tests never change it: they
+    work on copies (``copy_tree``)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # pytest-of-<user>/pytest-<N>/: this run's, shared by its workers
+    base, done = root / name, root / f"{name}.json"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(base, ignore_errors=True)  # a build that failed in another worker
+            base.mkdir()
+            done.write_text(json.dumps(build(base)))
+    return base, json.loads(done.read_text())

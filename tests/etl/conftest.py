@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from etl.pipeline import TrainSummary, open_registry, train_version
 from etl.settings import Settings
-from tests.pipeline_support import copy_tree, make_settings
+from tests.pipeline_support import built_once, copy_tree, make_settings
 
 
 class FakeClock:
@@ -35,9 +36,17 @@ def fake_clock() -> FakeClock:
 def trained_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TrainSummary]:
     """A folder holding one version trained on the bundled data with the default settings, not evaluated,
     and its summary. Tests copy it (:func:`trained_copy`) instead of training again."""
-    base = tmp_path_factory.mktemp("trained-template")
-    settings = make_settings(base)
-    return base, train_version(settings, open_registry(settings))
+
+    def build(base: Path) -> dict[str, Any]:
+        settings = make_settings(base)
+        registry = open_registry(settings)
+        try:
+            return train_version(settings, registry).to_dict()
+        finally:
+            registry.close()  # the database whole in its file, so that the folder can be copied
+
+    base, summary = built_once(tmp_path_factory, "trained-template", build)
+    return base, TrainSummary(**summary)
 
 
 def trained_copy(
