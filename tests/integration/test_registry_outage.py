@@ -15,24 +15,14 @@ import httpx
 import pytest
 
 from tests.conftest import BUNDLED_CSV, Service, start_service
-from tests.hardening.conftest import TOKEN, client, train_and_promote, wait_serving
+from tests.hardening.conftest import PREDICT_BODY, TOKEN, client, train_and_promote, wait_serving
 from tests.postgres import PostgresCluster
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
 QUICK = {"NESTED_REPEATS": "1", "NESTED_FOLDS": "2"}  # a training whose figures no test asserts
-BODY = {
-    "clump_thickness": 8,
-    "cell_size_uniformity": 10,
-    "cell_shape_uniformity": 10,
-    "marginal_adhesion": 8,
-    "epithelial_cell_size": 7,
-    "bare_nuclei": 10,
-    "bland_chromatin": 9,
-    "normal_nucleoli": 7,
-    "mitoses": 1,
-}
+BODY = PREDICT_BODY  # a malignant row of the dataset
 
 
 def _status(service: Service, method: str, path: str, **kwargs: object) -> httpx.Response:

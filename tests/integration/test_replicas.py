@@ -35,7 +35,7 @@ import httpx
 import pytest
 
 from tests.conftest import BUNDLED_CSV, ROOT, Service, start_service
-from tests.hardening.conftest import Route, data_server
+from tests.hardening.conftest import PREDICT_BODY, Route, data_server
 from tests.postgres import PostgresCluster
 from tests.registry_support import sql
 from tests.s3_server import S3Server, run_s3_server
@@ -50,17 +50,7 @@ LOAD_THREADS = 3
 TRAINER_ROUNDS = 20
 RACERS = 10
 QUICK = {"NESTED_REPEATS": "1", "NESTED_FOLDS": "2"}  # trainings whose figures no test asserts
-BODY = {
-    "clump_thickness": 8,
-    "cell_size_uniformity": 10,
-    "cell_shape_uniformity": 10,
-    "marginal_adhesion": 8,
-    "epithelial_cell_size": 7,
-    "bare_nuclei": 10,
-    "bland_chromatin": 9,
-    "normal_nucleoli": 7,
-    "mitoses": 1,
-}
+BODY = PREDICT_BODY  # a malignant row of the dataset
 
 
 @dataclass
