@@ -278,14 +278,10 @@ class PredictFastPath:
         if payload is None:
             await self.app(scope, _replay(body, receive), send)
             return
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(b"content-length", b"%d" % len(payload)), (b"content-type", _JSON)]
-                + ([model.version_header] if status == 200 else []),
-            }
-        )
+        headers = [(b"content-length", b"%d" % len(payload)), (b"content-type", _JSON)]
+        if status == 200:  # the model answered: say which version (the header is encoded once per model)
+            headers.append(model.version_header)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
     async def _single(self, model: ServedModel, body: bytes) -> bytes | None:
