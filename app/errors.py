@@ -55,6 +55,8 @@ def status_for(exc: e.EtlError) -> int:
     return 500
 
 
+INTERNAL_ERROR_DETAIL = "internal server error; see the service log"  # a bug: nothing the caller can fix
+
 NO_MODEL_DETAIL = (
     "no model is served yet: train and evaluate one (POST /train, then POST /evaluate), "
     "or run `python -m etl run`"
@@ -138,4 +140,4 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "internal server error; see the service log"}, status_code=500)
+        return JSONResponse({"detail": INTERNAL_ERROR_DETAIL}, status_code=500)

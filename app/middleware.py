@@ -19,11 +19,13 @@ byte, to the FastAPI route, so every error response (422 naming the field and in
 comes from one place. One error is answered here, with the body app/errors.py gives it: the 503 of
 PREDICTION_LOG=sync when the prediction record cannot be written (replaying would try the database
 twice). It sits inside the body-size limit and the instrumentation, so those see fast-path requests exactly
-as they see the others.
+as they see the others. All three sit outside FastAPI's own layers (app/main.py: ``ServiceApp``), so the fast
+path answers an unexpected error itself: 500 with the body of app/errors.py.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from itertools import chain
@@ -43,6 +45,8 @@ from app.schemas import PredictBatchRequest, PredictRequest
 from app.serving import ModelHolder, ServedModel, batch_too_large, predict_many, predict_one
 from etl.errors import DatabaseUnavailableError
 from etl.features import FEATURE_MAX, FEATURE_MIN, FEATURE_NAMES
+
+log = logging.getLogger(__name__)
 
 Headers = Iterable[tuple[bytes, bytes]]
 _JSON = b"application/json"
@@ -202,6 +206,7 @@ class HttpMetrics:
 # --- PredictFastPath ----------------------------------------------------------------------------
 
 _PREDICT = "/predict"
+_INTERNAL_ERROR = orjson.dumps({"detail": errors.INTERNAL_ERROR_DETAIL})
 _PREDICT_BATCH = "/predict/batch"
 _features_of = itemgetter(*FEATURE_NAMES)
 _QUOTES_PER_ROW = 2 * len(FEATURE_NAMES)  # the quotes of the nine keys of one valid instance
@@ -275,6 +280,9 @@ class PredictFastPath:
             payload = await answer(model, body)
         except DatabaseUnavailableError as exc:  # PREDICTION_LOG=sync without its database
             status, payload = errors.status_for(exc), orjson.dumps(errors.error_body(exc))
+        except Exception:  # a bug: outside FastAPI's error layer (app/main.py), so its 500 is answered here
+            log.exception("unhandled error on POST %s", path)
+            status, payload = 500, _INTERNAL_ERROR
         if payload is None:
             await self.app(scope, _replay(body, receive), send)
             return

@@ -197,3 +197,24 @@ def test_fast_path_requests_counted_by_route_template(predict_client: TestClient
     assert sample(after, rows) == sample(before, rows) + 1
     assert 'http_request_duration_seconds_bucket{handler="/predict",le="0.0005",method="POST"}' in after
     assert 'http_requests_inprogress{handler="/predict",method="POST"} 0.0' in after
+
+
+def test_fast_path_unexpected_error_500_json_and_counted(
+    predict_client: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    """The fast path sits outside FastAPI's error layer (app/main.py): it answers a bug's 500 itself."""
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug, with secret-ish internals")
+
+    key = 'http_requests_total{handler="/predict",method="POST",status="500"}'
+    before = sample(predict_client.get("/metrics").text, key)
+    monkeypatch.setattr("app.middleware.predict_one", broken)
+    r = predict_client.post("/predict", json=BENIGN)
+    assert r.status_code == 500
+    assert r.json() == {"detail": "internal server error; see the service log"}
+    assert "secret-ish" not in r.text
+    assert "unhandled error on POST /predict" in caplog.text
+    assert sample(predict_client.get("/metrics").text, key) == before + 1
+    monkeypatch.undo()
+    assert predict_client.post("/predict", json=BENIGN).status_code == 200
