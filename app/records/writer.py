@@ -1,8 +1,10 @@
 """The background writer of PREDICTION_LOG=async: a bounded in-memory queue and one thread that writes it.
 
-The event loop only appends to a list under a lock (a batch is one item, its arrays as they are); it never
-waits for the database. The thread wakes every ``flush_seconds`` (sooner once half the queue is full, or
-when a lookup asks for a flush), takes everything queued and writes it in one transaction. While the
+The event loop only appends to a ``deque`` (a batch is one item, its arrays as they are); it never waits for
+the database, and a /predict takes no lock: a deque's ``append`` and ``len`` are atomic under CPython's GIL,
+and the rows beyond one per queued item (a batch's, and those the thread holds) are counted in ``_extra``,
+which only changes under the lock. The thread wakes every ``flush_seconds`` (sooner once half the queue is
+full, or when a lookup asks for a flush), takes everything queued and writes it in one transaction. While the
 database is down the taken items stay with the thread and are written when it is back; meanwhile new
 predictions keep queueing until ``capacity`` rows wait, and past that each one is answered but not recorded,
 and counted (``bcd_prediction_log_dropped_total{reason="queue_full"}``). A write the database refuses for
@@ -10,8 +12,9 @@ good (not an outage) is dropped and counted too (``reason="write_error"``), so o
 queue.
 
 Guarantee: a prediction is written within ``flush_seconds`` plus the time of the write (milliseconds) of
-being answered, as long as the database is up; ``stop`` (a graceful shutdown) writes everything queued. So a
-``kill -9`` loses at most the predictions of the last ``flush_seconds``.
+being answered, as long as the database is up; ``stop`` (a graceful shutdown, once the server has stopped
+answering) writes everything queued. So a ``kill -9`` loses at most the predictions of the last
+``flush_seconds``.
 
 After each write the thread records in ``prediction_writers`` the moment it took its items: everything this
 process answered before then is on record. A lookup of an id that is not found asks that process's row
@@ -25,6 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -64,10 +68,12 @@ class RecordWriter:
         self.capacity = capacity
         self.retention_days = retention_days
         self._ensure_schema = ensure_schema
-        self._lock = threading.Lock()  # enqueue takes it directly: a C-level `with`, the hot path's cost
+        self._lock = threading.Lock()  # for a batch, the thread and the control calls; /predict takes none
         self._cond = threading.Condition(self._lock)
-        self._items: list[Pending] = []
-        self._rows = 0  # queued rows plus the rows the thread holds for a retry
+        self._queue: deque[Pending] = deque()
+        # rows waiting = len(self._queue) + self._extra: the rows of queued batches beyond one per item, plus
+        # the rows the thread has taken and not written yet (changed under the lock only)
+        self._extra = 0
         self._wake_rows = max(1, capacity // 2)
         self._flush_asked = False
         self._stopping = False
@@ -85,21 +91,36 @@ class RecordWriter:
         """Queue ``item`` for writing; when the queue is full it is counted as dropped instead. Once half
         the queue waits, the caller also yields the GIL, so the writer gets its turn before the queue
         fills (a busy event loop would otherwise hand it over only every 5 ms)."""
-        n = 1 if type(item) is tuple else size(item)  # /predict's plain tuple without a call
-        with self._lock:
-            accepted = self._accepting and self._rows + n <= self.capacity
-            if accepted:
-                self._items.append(item)
-                self._rows += n
-                behind = self._rows >= self._wake_rows
-                if behind and not self._flush_asked:
-                    self._flush_asked = True
-                    self._cond.notify()
-            reason = "queue_full" if self._accepting else "write_error"
-        if not accepted:
-            metrics.PREDICTION_LOG_DROPPED.labels(reason).inc(n)
-        elif behind:
-            time.sleep(0)
+        queue = self._queue
+        if type(item) is tuple:  # /predict's plain tuple, the hot path: no lock (see the module docstring)
+            if not (self._accepting and len(queue) + self._extra < self.capacity):
+                self._refuse(1)
+                return
+            queue.append(item)
+            if len(queue) + self._extra < self._wake_rows or self._flush_asked:
+                return
+        else:
+            n = size(item)
+            with self._lock:
+                if not (self._accepting and len(queue) + self._extra + n <= self.capacity):
+                    accepted = False
+                else:
+                    accepted = True
+                    self._extra += n - 1  # before the append: a concurrent reader over-counts, never under
+                    queue.append(item)
+            if not accepted:
+                self._refuse(n)
+                return
+            if len(queue) + self._extra < self._wake_rows or self._flush_asked:
+                return
+        with self._cond:
+            self._flush_asked = True
+            self._cond.notify()
+        time.sleep(0)
+
+    def _refuse(self, n: int) -> None:
+        reason = "queue_full" if self._accepting else "write_error"
+        metrics.PREDICTION_LOG_DROPPED.labels(reason).inc(n)
 
     # -- control ---------------------------------------------------------------------------------
     def register(self) -> None:
@@ -140,7 +161,8 @@ class RecordWriter:
 
     @property
     def pending_rows(self) -> int:
-        return self._rows
+        """Rows queued or held by the thread."""
+        return len(self._queue) + self._extra
 
     # -- the thread ------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -154,11 +176,11 @@ class RecordWriter:
                 next_drain = time.monotonic() + self.flush_seconds
                 stopping = self._stopping
                 self._flush_asked = False
-                items, self._items = self._items, []
                 taken_at = datetime.now(UTC)
+                items = self._take()
                 self._drains += 1
                 cycle = self._drains
-                metrics.PREDICTION_LOG_QUEUE.set(self._rows)
+                metrics.PREDICTION_LOG_QUEUE.set(self.pending_rows)
             try:
                 self._cycle(items, taken_at, final=stopping)
             except Exception:  # the writer must never die; the rows stay held for the next cycle
@@ -166,8 +188,15 @@ class RecordWriter:
             with self._cond:
                 self._done = cycle
                 self._cond.notify_all()
-            if stopping:
+            if stopping and not self._queue:  # else: a /predict that passed its check as the stop began
                 return
+
+    def _take(self) -> list[Pending]:
+        """Everything queued (under the lock): its rows move from the queue's count to the thread's."""
+        queue = self._queue
+        n = len(queue)
+        self._extra += n  # first: a /predict checking meanwhile over-counts, never under
+        return [queue.popleft() for _ in range(n)]
 
     def _cycle(self, items: list[Pending], taken_at: datetime, *, final: bool) -> None:
         if not self._ensure_schema():
@@ -227,7 +256,7 @@ class RecordWriter:
 
     def _release(self, rows: int) -> None:
         with self._cond:
-            self._rows -= rows
+            self._extra -= rows
 
     def _outage(self, why: str) -> None:
         if self._failing_since is None:

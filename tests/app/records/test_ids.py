@@ -3,6 +3,7 @@ processes, and match the pattern the API validates."""
 
 from __future__ import annotations
 
+import sys
 import threading
 
 from app.records.ids import IdMint, format_id, is_prediction_id, prefix_of
@@ -25,10 +26,15 @@ def test_ids_unique_across_threads_and_mints() -> None:
             out.extend(IdMint.ids(mint.prefix, mint.take(7), 7))
 
     threads = [threading.Thread(target=work, args=(out,)) for out in taken]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # the mint takes no lock: let the threads switch as often as they can
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(old)
     every = [i for out in taken for i in out] + [format_id(IdMint().prefix, n) for n in range(4000)]
     assert len(every) == 8 * 500 * 8 + 4000 == len(set(every))
     assert len({IdMint().prefix for _ in range(1000)}) == 1000
