@@ -252,6 +252,12 @@ def exposition() -> bytes:
     return generate_latest(registry)
 
 
+def record_prediction(probability: float, label: int) -> None:
+    """``record_predictions`` of one /predict answer, without its checks and loop (the hot path)."""
+    (PREDICTED_MALIGNANT if label else PREDICTED_BENIGN).inc()
+    PREDICTION_PROBABILITY.observe(probability)
+
+
 def record_predictions(
     probabilities: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray
 ) -> None:

@@ -158,7 +158,9 @@ class Answer(NamedTuple):
     def counted(self) -> dict[str, Any]:
         if self.batch:
             metrics.BATCH_ROWS.observe(len(self.probabilities))
-        metrics.record_predictions(self.probabilities, self.classes)
+            metrics.record_predictions(self.probabilities, self.classes)
+        else:
+            metrics.record_prediction(self.probabilities[0], self.classes[0])
         return self.body
 
 

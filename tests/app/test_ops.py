@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.app.conftest import BENIGN, Served, sample
+from tests.app.conftest import BENIGN, MALIGNANT, Served, sample
 
 
 def test_health_ok(empty_client: TestClient):
@@ -35,11 +35,17 @@ def test_ready_with_served_model_200(client: TestClient, served: Served):
 def test_metrics_exposes_bcd_metrics(client: TestClient, served: Served):
     before = client.get("/metrics").text
     benign_before = sample(before, 'bcd_predictions_total{label="benign"}')
+    malignant_before = sample(before, 'bcd_predictions_total{label="malignant"}')
     assert client.post("/predict", json=BENIGN).json()["label"] == "benign"
+    assert client.post("/predict", json=MALIGNANT).json()["label"] == "malignant"
     r = client.get("/metrics")
     assert r.status_code == 200
     text = r.text
     assert sample(text, 'bcd_predictions_total{label="benign"}') == benign_before + 1
+    assert sample(text, 'bcd_predictions_total{label="malignant"}') == malignant_before + 1
+    count = "bcd_prediction_probability_count"
+    assert sample(text, count) == sample(before, count) + 2
+    assert sample(text, 'bcd_prediction_probability_bucket{le="0.05"}') >= 1  # the benign one, near 0
     assert sample(text, f'bcd_model_info{{version="{served.version}"}}') == 1.0
     threshold = served.registry.read_meta(served.version)["threshold"]
     assert sample(text, "bcd_model_threshold_ratio") == pytest.approx(threshold)
