@@ -20,6 +20,13 @@ import pytest
 from tests.postgres import PostgresCluster, postgres_cluster
 from tests.waiting import wait_until
 
+# One BLAS/OpenMP thread per process, set before numpy is loaded and inherited by the xdist workers and by
+# every process a test starts. The fits are tiny (hundreds of rows): a second thread gains nothing, and with
+# two test processes on two cores each one's threads spin waiting for a core the other holds, which made
+# every scikit-learn fit several times slower. The results do not depend on it.
+for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_CSV = ROOT / "etl" / "data" / "BreastCancer.csv"
 BUNDLED_SHA256 = "7efcfc593f86f3d898df92a8fec32e64ce84195647bd3a8a2d48c68c005767f4"  # etl/data/README.md
