@@ -156,3 +156,38 @@ def built_once(
             base.mkdir()
             done.write_text(json.dumps(build(base)))
     return base, json.loads(done.read_text())
+
+
+def trained_template_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """A folder holding one version trained on the bundled data with the default settings, not evaluated, and
+    its summary (``TrainSummary.to_dict``); built once per run (``built_once``)."""
+
+    def build(base: Path) -> dict[str, Any]:
+        settings = make_settings(base)
+        registry = open_registry(settings)
+        try:
+            return train_version(settings, registry).to_dict()
+        finally:
+            registry.close()  # the database whole in its file, so that the folder can be copied
+
+    return built_once(tmp_path_factory, "trained-template", build)
+
+
+def served_template_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The trained template evaluated and promoted (what ``build_served_registry`` makes, without training
+    again): the folder and the served version; built once per run."""
+    trained_base, trained = trained_template_folder(tmp_path_factory)
+
+    def build(base: Path) -> dict[str, Any]:
+        copy_tree(trained_base, base)
+        settings = make_settings(base)
+        registry = open_registry(settings)
+        try:
+            evaluated = evaluate_version(settings, registry, trained["version"])
+        finally:
+            registry.close()
+        assert evaluated.promoted, evaluated.gate.reasons
+        return {"version": trained["version"]}
+
+    base, built = built_once(tmp_path_factory, "served-template", build)
+    return base, built["version"]

@@ -16,7 +16,7 @@ from app.settings import ServiceSettings
 from etl.features import FEATURE_NAMES
 from etl.pipeline import open_registry
 from etl.registry import Registry
-from tests.pipeline_support import build_served_registry, built_once, copy_tree, instance, make_settings
+from tests.pipeline_support import copy_tree, instance, make_settings, served_template_folder
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -71,10 +71,7 @@ def sample(metrics_text: str, line_prefix: str) -> float:
 def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A state folder with one version trained on the bundled CSV, evaluated and promoted; never changed
     (tests that change state work on a copy: ``served``)."""
-    base, built = built_once(
-        tmp_path_factory, "app-template", lambda base: {"version": build_served_registry(base)[1]}
-    )
-    return base, built["version"]
+    return served_template_folder(tmp_path_factory)
 
 
 class Served:

@@ -10,15 +10,14 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import etl.__main__
-from etl.pipeline import TrainSummary, open_registry, train_version
+from etl.pipeline import TrainSummary
 from etl.settings import Settings
 from tests.conftest import BUNDLED_CSV, ROOT
-from tests.pipeline_support import built_once, copy_tree, make_settings
+from tests.pipeline_support import copy_tree, make_settings, trained_template_folder
 
 
 class FakeClock:
@@ -45,16 +44,7 @@ def fake_clock() -> FakeClock:
 def trained_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TrainSummary]:
     """A folder holding one version trained on the bundled data with the default settings, not evaluated,
     and its summary. Tests copy it (:func:`trained_copy`) instead of training again."""
-
-    def build(base: Path) -> dict[str, Any]:
-        settings = make_settings(base)
-        registry = open_registry(settings)
-        try:
-            return train_version(settings, registry).to_dict()
-        finally:
-            registry.close()  # the database whole in its file, so that the folder can be copied
-
-    base, summary = built_once(tmp_path_factory, "trained-template", build)
+    base, summary = trained_template_folder(tmp_path_factory)
     return base, TrainSummary(**summary)
 
 
