@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ import etl.__main__
 from etl.pipeline import TrainSummary
 from etl.settings import Settings
 from tests.conftest import BUNDLED_CSV, ROOT
+from tests.in_process import Ran, run_in_process, unset_prefixed
 from tests.pipeline_support import copy_tree, make_settings, trained_template_folder
 
 
@@ -62,13 +61,6 @@ def trained_copy(
 CLEARED_PREFIXES = ("GATE_", "DATA_", "GDRIVE_", "NESTED_", "REGISTRY_", "ARTIFACT_", "TRAINING_LEASE_")
 
 
-@dataclass
-class Ran:
-    returncode: int
-    stdout: str
-    stderr: str  # what the command wrote to stderr, its log lines included
-
-
 def cli_env(workdir: Path, **env: str) -> dict[str, str]:
     """The settings of a command run in ``workdir``: all state under it, the bundled data, no retries."""
     return {
@@ -101,26 +93,19 @@ def etl_subprocess(workdir: Path, *args: str, **env: str) -> Ran:
 def etl_cli(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> Callable[..., Ran]:
-    """``etl_cli(workdir, *args, **env)``: ``main(args)`` in this process, as ``etl_subprocess`` would run it.
-
-    Logging is left to pytest's capture (``setup_logging`` would add a handler bound to this test's stderr).
-    """
+    """``etl_cli(workdir, *args, **env)``: ``main(args)`` in this process, as ``etl_subprocess`` would run it
+    (tests/in_process.py)."""
 
     def run(workdir: Path, *args: str, **env: str) -> Ran:
         workdir.mkdir(parents=True, exist_ok=True)
-        with monkeypatch.context() as m:
-            for name in os.environ:
-                if name.startswith(CLEARED_PREFIXES):
-                    m.delenv(name)
-            for name, value in cli_env(workdir, **env).items():
-                m.setenv(name, value)
-            m.chdir(workdir)
-            m.setattr(etl.__main__, "setup_logging", lambda level: None)
-            capsys.readouterr()
-            caplog.clear()
-            with caplog.at_level(logging.INFO):
-                code = etl.__main__.main(list(args))
-            out, err = capsys.readouterr()
-        return Ran(code, out, err + caplog.text)
+        return run_in_process(
+            monkeypatch,
+            capsys,
+            caplog,
+            lambda: etl.__main__.main(list(args)),
+            cwd=workdir,
+            env=cli_env(workdir, **env),
+            unset=unset_prefixed(CLEARED_PREFIXES),
+        )
 
     return run

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import BUNDLED_SHA256, free_port
-from tests.etl.conftest import Ran, etl_subprocess
+from tests.etl.conftest import etl_subprocess
+from tests.in_process import Ran
 from tests.pipeline_support import QUICK_NESTED, copy_tree
 from tests.registry_support import report_path, report_record, served_of
 

@@ -12,7 +12,6 @@ pipeline's (etl/settings.py), so a bad service setting does not stop it.
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
@@ -20,14 +19,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 import app.__main__
 import etl.__main__
 from app.main import create_app
-from app.settings import ServiceSettings, get_settings
+from app.settings import ServiceSettings
 from etl.settings import Settings
 from tests.conftest import ROOT
+from tests.in_process import run_in_process
 
 ENTRY_POINTS = {
     "etl-cli": ["-m", "etl", "models"],
@@ -98,21 +97,15 @@ def run_subprocess(folder: Path, entry: str, values: dict[str, str]) -> tuple[in
     return proc.returncode, proc.stdout + proc.stderr
 
 
-def _refuse_to_serve(*args: object, **kwargs: object) -> None:
-    raise AssertionError("the settings were accepted: python -m app went on to serve")
+def _python_m_app() -> None:
+    app.__main__.main()  # serving is refused (tests/in_process.py), so this returns only by raising
 
 
-def _python_m_app() -> int:
-    app.__main__.main()  # serving is refused (_refuse_to_serve), so this returns only by raising
-    return 0
-
-
-def _uvicorn_factory() -> int:
+def _uvicorn_factory() -> None:
     create_app()  # what ``uvicorn --factory app.main:create_app`` calls
-    return 0
 
 
-IN_PROCESS: dict[str, Callable[[], int]] = {
+IN_PROCESS: dict[str, Callable[[], int | None]] = {
     "etl-cli": lambda: etl.__main__.main(["models"]),
     "python-m-app": _python_m_app,
     "uvicorn-factory": _uvicorn_factory,
@@ -120,36 +113,23 @@ IN_PROCESS: dict[str, Callable[[], int]] = {
 
 
 @pytest.fixture
-def run_in_process(
+def run_entry(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> RunEntry:
-    """``run(folder, entry, values)``: the entry point's function in this process, as ``run_subprocess`` would
-    run it (working folder, ``.env``, environment); its exit status and what it printed and logged.
-
-    Logging is left to pytest's capture (``setup_logging`` would add a handler bound to this test's stderr);
-    the service's settings are read afresh (``get_settings`` caches them)."""
+    """``run(folder, entry, values)``: the entry point's function in this process, as ``run_subprocess``
+    would run it (working folder, ``.env``, environment); its exit status and everything it printed."""
 
     def run(folder: Path, entry: str, values: dict[str, str]) -> tuple[int, str]:
         names = write_dotenv(folder, values)
-        with monkeypatch.context() as m:
-            for name in list(os.environ):
-                if name in names or name.startswith("PROMETHEUS_"):
-                    m.delenv(name)
-            m.chdir(folder)
-            m.setattr(etl.__main__, "setup_logging", lambda level: None)
-            m.setattr(uvicorn, "run", _refuse_to_serve)
-            capsys.readouterr()
-            caplog.clear()
-            get_settings.cache_clear()
-            try:
-                with caplog.at_level(logging.INFO):
-                    code = IN_PROCESS[entry]()
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
-            finally:
-                get_settings.cache_clear()
-            out, err = capsys.readouterr()
-        return code, out + err + caplog.text
+        ran = run_in_process(
+            monkeypatch,
+            capsys,
+            caplog,
+            IN_PROCESS[entry],
+            cwd=folder,
+            unset=lambda name: name in names or name.startswith("PROMETHEUS_"),
+        )
+        return ran.returncode, ran.stdout + ran.stderr
 
     return run
 
@@ -194,9 +174,9 @@ ERROR_RUNS = [
 
 @pytest.mark.parametrize(("entry", "case"), ERROR_RUNS)
 def test_settings_error_names_variable_and_rule_not_value(
-    tmp_path: Path, entry: str, case: str, run_in_process: RunEntry
+    tmp_path: Path, entry: str, case: str, run_entry: RunEntry
 ) -> None:
-    returncode, output = run_in_process(tmp_path, entry, CASES[case][0])
+    returncode, output = run_entry(tmp_path, entry, CASES[case][0])
     assert_names_variable_and_rule_not_value(entry, case, returncode, output)
 
 
@@ -210,12 +190,10 @@ def test_settings_error_real_process_exits_2_naming_variable_and_rule_not_value(
 
 
 @pytest.mark.parametrize("case", sorted(c for c in CASES if not expected_lines("etl-cli", c)[0]))
-def test_settings_etl_cli_ignores_service_settings(
-    tmp_path: Path, case: str, run_in_process: RunEntry
-) -> None:
+def test_settings_etl_cli_ignores_service_settings(tmp_path: Path, case: str, run_entry: RunEntry) -> None:
     """``python -m etl`` does not need the service's settings: bad ones do not stop it."""
     values, _ = CASES[case]
-    returncode, output = run_in_process(tmp_path, "etl-cli", values)
+    returncode, output = run_entry(tmp_path, "etl-cli", values)
     assert returncode == 0, output
     assert "invalid settings" not in output and "Traceback" not in output, output
     for value in [*values.values(), *SECRETS.values()]:
