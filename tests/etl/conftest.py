@@ -16,7 +16,7 @@ from etl.pipeline import TrainSummary
 from etl.settings import Settings
 from tests.conftest import BUNDLED_CSV, ROOT
 from tests.in_process import Ran, run_in_process, unset_prefixed
-from tests.pipeline_support import copy_tree, make_settings, trained_template_folder
+from tests.pipeline_support import copy_tree, make_settings, served_template_folder, trained_template_folder
 
 
 class FakeClock:
@@ -45,6 +45,20 @@ def trained_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Tr
     and its summary. Tests copy it (:func:`trained_copy`) instead of training again."""
     base, summary = trained_template_folder(tmp_path_factory)
     return base, TrainSummary(**summary)
+
+
+@pytest.fixture(scope="session")
+def served_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The trained template evaluated and promoted (the app tests' template, built once per run), and its
+    version. Tests copy it (:func:`served_copy`) instead of evaluating the trained template again."""
+    return served_template_folder(tmp_path_factory)
+
+
+def served_copy(template: tuple[Path, str], dest: Path, **overrides: object) -> tuple[Settings, str]:
+    """A copy of ``served_template`` in ``dest``, with settings rooted there, and the served version."""
+    base, version = template
+    copy_tree(base, dest)
+    return make_settings(dest, **overrides), version
 
 
 def trained_copy(
