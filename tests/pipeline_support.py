@@ -17,6 +17,7 @@ from filelock import FileLock
 
 from etl.features import EXPECTED_COLUMNS, FEATURE_COLUMNS, FEATURE_NAMES
 from etl.pipeline import evaluate_version, open_registry, train_version
+from etl.registry import Registry
 from etl.settings import Settings
 from tests.conftest import BUNDLED_CSV
 
@@ -131,6 +132,15 @@ def build_served_registry(base: Path) -> tuple[Settings, str]:
         registry.close()  # the database whole in its file, so that the folder can be copied
     assert evaluated.promoted, evaluated.gate.reasons
     return settings, trained.version
+
+
+def unevaluated_copy(registry: Registry, version: str, copy: str = "20990101T000000Z-0000abcd") -> str:
+    """``version``'s files and training metadata published again as ``copy`` (the newest version): trained,
+    not evaluated, no report; a second version without training one."""
+    meta = registry.read_meta(version)
+    files = {name: registry.read_file(version, name) for name in meta["files"]}
+    registry.create_version(copy, files, {k: v for k, v in meta.items() if k not in ("drive", "uploads")})
+    return copy
 
 
 def copy_tree(template: Path, dest: Path) -> Path:

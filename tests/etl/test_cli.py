@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
+from etl.pipeline import open_registry
 from tests.conftest import BUNDLED_SHA256, free_port
 from tests.etl.conftest import etl_subprocess
 from tests.in_process import Ran
-from tests.pipeline_support import QUICK_NESTED, copy_tree
+from tests.pipeline_support import QUICK_NESTED, copy_tree, make_settings, unevaluated_copy
 from tests.registry_support import report_path, report_record, served_of
 
 
@@ -199,9 +200,12 @@ def test_cli_report_unknown_version_exits_1(workdir: Path, version: str, expecte
 
 
 def test_cli_report_not_evaluated_version_exits_1(workdir: Path, etl_cli):
-    quick = {name.upper(): str(value) for name, value in QUICK_NESTED.items()}
-    version = _json(etl_cli(workdir, "train", "--force", **quick))["version"]
-    proc = etl_cli(workdir, "report")  # the newest: trained, not evaluated
+    registry = open_registry(make_settings(workdir))  # the registry the commands run in workdir open
+    try:
+        version = unevaluated_copy(registry, _served(workdir))  # the newest: trained, not evaluated
+    finally:
+        registry.close()
+    proc = etl_cli(workdir, "report")
     assert proc.returncode == 1 and proc.stdout == ""
     assert f"version {version} has not been evaluated" in proc.stderr
 
