@@ -17,6 +17,7 @@ from filelock import FileLock
 
 from etl.features import EXPECTED_COLUMNS, FEATURE_COLUMNS, FEATURE_NAMES
 from etl.pipeline import evaluate_version, open_registry, train_version
+from etl.registry import Registry
 from etl.settings import Settings
 from tests.conftest import BUNDLED_CSV
 
@@ -133,6 +134,15 @@ def build_served_registry(base: Path) -> tuple[Settings, str]:
     return settings, trained.version
 
 
+def unevaluated_copy(registry: Registry, version: str, copy: str = "20990101T000000Z-0000abcd") -> str:
+    """``version``'s files and training metadata published again as ``copy`` (the newest version): trained,
+    not evaluated, no report; a second version without training one."""
+    meta = registry.read_meta(version)
+    files = {name: registry.read_file(version, name) for name in meta["files"]}
+    registry.create_version(copy, files, {k: v for k, v in meta.items() if k not in ("drive", "uploads")})
+    return copy
+
+
 def copy_tree(template: Path, dest: Path) -> Path:
     shutil.copytree(template, dest, dirs_exist_ok=True)
     return dest
@@ -156,3 +166,38 @@ def built_once(
             base.mkdir()
             done.write_text(json.dumps(build(base)))
     return base, json.loads(done.read_text())
+
+
+def trained_template_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """A folder holding one version trained on the bundled data with the default settings, not evaluated, and
+    its summary (``TrainSummary.to_dict``); built once per run (``built_once``)."""
+
+    def build(base: Path) -> dict[str, Any]:
+        settings = make_settings(base)
+        registry = open_registry(settings)
+        try:
+            return train_version(settings, registry).to_dict()
+        finally:
+            registry.close()  # the database whole in its file, so that the folder can be copied
+
+    return built_once(tmp_path_factory, "trained-template", build)
+
+
+def served_template_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The trained template evaluated and promoted (what ``build_served_registry`` makes, without training
+    again): the folder and the served version; built once per run."""
+    trained_base, trained = trained_template_folder(tmp_path_factory)
+
+    def build(base: Path) -> dict[str, Any]:
+        copy_tree(trained_base, base)
+        settings = make_settings(base)
+        registry = open_registry(settings)
+        try:
+            evaluated = evaluate_version(settings, registry, trained["version"])
+        finally:
+            registry.close()
+        assert evaluated.promoted, evaluated.gate.reasons
+        return {"version": trained["version"]}
+
+    base, built = built_once(tmp_path_factory, "served-template", build)
+    return base, built["version"]

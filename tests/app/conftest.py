@@ -16,7 +16,13 @@ from app.settings import ServiceSettings
 from etl.features import FEATURE_NAMES
 from etl.pipeline import open_registry
 from etl.registry import Registry
-from tests.pipeline_support import build_served_registry, built_once, copy_tree, instance, make_settings
+from tests.pipeline_support import (
+    copy_tree,
+    instance,
+    make_settings,
+    served_template_folder,
+    unevaluated_copy,
+)
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -71,10 +77,7 @@ def sample(metrics_text: str, line_prefix: str) -> float:
 def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A state folder with one version trained on the bundled CSV, evaluated and promoted; never changed
     (tests that change state work on a copy: ``served``)."""
-    base, built = built_once(
-        tmp_path_factory, "app-template", lambda base: {"version": build_served_registry(base)[1]}
-    )
-    return base, built["version"]
+    return served_template_folder(tmp_path_factory)
 
 
 class Served:
@@ -95,11 +98,10 @@ class Served:
         """The served version's files and training metadata published again as ``copy``: trained, not
         evaluated, no report."""
         registry = self.registry
-        meta = registry.read_meta(self.version)
-        files = {name: registry.read_file(self.version, name) for name in meta["files"]}
-        registry.create_version(copy, files, {k: v for k, v in meta.items() if k not in ("drive", "uploads")})
-        registry.close()
-        return copy
+        try:
+            return unevaluated_copy(registry, self.version, copy)
+        finally:
+            registry.close()
 
 
 @pytest.fixture

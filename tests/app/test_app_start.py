@@ -1,6 +1,7 @@
 """``python -m app`` refuses to start when it could not write its state or read the Drive key, naming the
 folder or file and the uid (the container runs as APP_UID; a bind mount owned by someone else used to fail
-only at the first training or upload)."""
+only at the first training or upload). Its ``main()`` runs in this process; what starting imports is checked
+in a real subprocess."""
 
 from __future__ import annotations
 
@@ -9,32 +10,51 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
+
+import app.__main__
 from etl.features import FEATURE_NAMES
 from tests.conftest import BUNDLED_CSV, ROOT, free_port
+from tests.in_process import Ran, run_in_process, unset_prefixed
 from tests.pipeline_support import copy_tree
 
+RunApp = Callable[..., Ran]
 
-def run_app(workdir: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith(("GDRIVE_", "GOOGLE_", "PROMETHEUS_"))}
-    full.update(
-        PYTHONPATH=str(ROOT),
-        HOST="127.0.0.1",
-        PORT=str(free_port()),
-        WORKERS="1",
-        DATA_URL=str(BUNDLED_CSV),
-        DATA_DIR=str(workdir / "data"),
-        RESULTS_DIR=str(workdir / "results"),
-        UPLOAD_DIR=str(workdir / "upload"),
-        API_TOKEN="",
-        ENVIRONMENT="development",
-    )
-    full.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", "app"], cwd=workdir, env=full, capture_output=True, text=True, timeout=60
-    )
+
+@pytest.fixture
+def run_app(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> RunApp:
+    """``run_app(workdir, **env)``: ``python -m app``'s ``main()`` in this process as the subprocess would run
+    it in ``workdir`` (tests/in_process.py); a real ``python -m app`` that refuses its settings is
+    tests/etl/test_settings_errors.py."""
+
+    def run(workdir: Path, **env: str) -> Ran:
+        return run_in_process(
+            monkeypatch,
+            capsys,
+            caplog,
+            app.__main__.main,
+            cwd=workdir,
+            env={
+                "HOST": "127.0.0.1",
+                "PORT": str(free_port()),
+                "WORKERS": "1",
+                "DATA_URL": str(BUNDLED_CSV),
+                "DATA_DIR": str(workdir / "data"),
+                "RESULTS_DIR": str(workdir / "results"),
+                "UPLOAD_DIR": str(workdir / "upload"),
+                "API_TOKEN": "",
+                "ENVIRONMENT": "development",
+                **env,
+            },
+            unset=unset_prefixed(("GDRIVE_", "GOOGLE_", "PROMETHEUS_")),
+        )
+
+    return run
 
 
 @contextlib.contextmanager
@@ -55,7 +75,9 @@ def unwritable(folder: Path) -> Iterator[None]:
             folder.chmod(0o700)
 
 
-def test_app_start_unwritable_results_dir_exits_naming_folder_and_uid(tmp_path: Path) -> None:
+def test_app_start_unwritable_results_dir_exits_naming_folder_and_uid(
+    tmp_path: Path, run_app: RunApp
+) -> None:
     with unwritable(tmp_path / "results"):
         proc = run_app(tmp_path)
     assert proc.returncode == 2, proc.stderr
@@ -63,7 +85,7 @@ def test_app_start_unwritable_results_dir_exits_naming_folder_and_uid(tmp_path: 
     assert "APP_UID" in proc.stderr and "serving on" not in proc.stderr
 
 
-def test_app_start_drive_key_is_a_directory_exits_naming_file(tmp_path: Path) -> None:
+def test_app_start_drive_key_is_a_directory_exits_naming_file(tmp_path: Path, run_app: RunApp) -> None:
     key = tmp_path / "secrets" / "drive_sa.json"
     key.mkdir(parents=True)  # what Docker makes of a missing file mounted by itself
     proc = run_app(tmp_path, GDRIVE_FOLDER_ID="folder-id", GOOGLE_APPLICATION_CREDENTIALS=str(key))
@@ -72,7 +94,9 @@ def test_app_start_drive_key_is_a_directory_exits_naming_file(tmp_path: Path) ->
     assert "Is a directory" in proc.stderr and "Docker makes a directory" in proc.stderr
 
 
-def test_app_start_drive_key_missing_with_drive_folder_exits_naming_file(tmp_path: Path) -> None:
+def test_app_start_drive_key_missing_with_drive_folder_exits_naming_file(
+    tmp_path: Path, run_app: RunApp
+) -> None:
     key = tmp_path / "secrets" / "drive_sa.json"
     proc = run_app(tmp_path, GDRIVE_FOLDER_ID="folder-id", GOOGLE_APPLICATION_CREDENTIALS=str(key))
     assert proc.returncode == 2, proc.stderr
@@ -124,7 +148,7 @@ def test_app_start_and_predict_import_no_plotting_library(template: tuple[Path, 
     assert out["plotting"] == []
 
 
-def test_app_start_sync_record_without_database_exits_naming_it(tmp_path: Path) -> None:
+def test_app_start_sync_record_without_database_exits_naming_it(tmp_path: Path, run_app: RunApp) -> None:
     """PREDICTION_LOG=sync answers only with a committed record: without its database it does not start,
     and says so without the URL's password."""
     url = f"postgresql://records:s3cret-Pw@127.0.0.1:{free_port()}/predictions"
@@ -134,7 +158,9 @@ def test_app_start_sync_record_without_database_exits_naming_it(tmp_path: Path) 
     assert "s3cret-Pw" not in proc.stderr and "serving on" not in proc.stderr
 
 
-def test_app_start_bad_prediction_db_url_exits_naming_variable_not_value(tmp_path: Path) -> None:
+def test_app_start_bad_prediction_db_url_exits_naming_variable_not_value(
+    tmp_path: Path, run_app: RunApp
+) -> None:
     proc = run_app(tmp_path, PREDICTION_DB_URL="mysql://records:s3cret-Pw@db/predictions")
     assert proc.returncode == 2, proc.stderr
     assert "PREDICTION_DB_URL: unsupported database 'mysql'" in proc.stderr

@@ -284,13 +284,15 @@ def test_drift_skewed_stream_raises_skewed_features_only(served: Served) -> None
     mitoses are forced to 10 (the window is 300: only those) move exactly those two above 0.2."""
     rows = np.array([scores for scores, _ in real_rows()], dtype=int)
     sample_rows = rows[np.random.default_rng(11).integers(0, len(rows), size=300)]
-    settings = served.settings(drift_window=300, drift_min_predictions=300, live_cache_seconds=0)
+    settings = served.settings(
+        drift_window=300, drift_min_predictions=300, live_cache_seconds=0, prediction_log_flush_seconds=0.05
+    )
     meta = served.registry.read_meta(served.version)
     with client_for(settings) as client:
 
         def drift_over(n: int) -> dict[str, Any] | None:
             found: dict[str, Any] = client.get("/models/current").json()["drift"]
-            return found if found["predictions"] == n else None  # written: the writer runs every second
+            return found if found["predictions"] == n else None  # written: the writer runs every 0.05 s
 
         client.post("/predict/batch", json={"instances": [named(r.tolist()) for r in sample_rows[:299]]})
         assert wait_until(lambda: drift_over(299), 30, "299 predictions written")["psi"] is None  # < minimum

@@ -8,87 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import os
-import subprocess
-import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import etl.__main__
-from tests.conftest import BUNDLED_CSV, BUNDLED_SHA256, ROOT, free_port
-from tests.pipeline_support import QUICK_NESTED, copy_tree
+from etl.pipeline import open_registry
+from tests.conftest import BUNDLED_SHA256, free_port
+from tests.etl.conftest import etl_subprocess
+from tests.in_process import Ran
+from tests.pipeline_support import QUICK_NESTED, copy_tree, make_settings, unevaluated_copy
 from tests.registry_support import report_path, report_record, served_of
-
-CLEARED_PREFIXES = ("GATE_", "DATA_", "GDRIVE_", "NESTED_", "REGISTRY_", "ARTIFACT_", "TRAINING_LEASE_")
-
-
-@dataclass
-class Ran:
-    returncode: int
-    stdout: str
-    stderr: str  # what the command wrote to stderr, its log lines included
-
-
-def cli_env(workdir: Path, **env: str) -> dict[str, str]:
-    """The settings of a command run in ``workdir``: all state under it, the bundled data, no retries."""
-    return {
-        "DATA_URL": str(BUNDLED_CSV),
-        "DATA_DIR": str(workdir / "data"),
-        "RESULTS_DIR": str(workdir / "results"),
-        "UPLOAD_DIR": str(workdir / "upload"),
-        "DOWNLOAD_RETRIES": "0",
-        **env,
-    }
-
-
-def etl_subprocess(workdir: Path, *args: str, **env: str) -> Ran:
-    """Run ``python -m etl ARGS`` with cwd and all state under ``workdir`` (no .env is read)."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(CLEARED_PREFIXES)}
-    full_env.update({"PYTHONPATH": str(ROOT), **cli_env(workdir, **env)})
-    workdir.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(
-        [sys.executable, "-m", "etl", *args],
-        cwd=workdir,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    return Ran(proc.returncode, proc.stdout, proc.stderr)
-
-
-@pytest.fixture
-def etl_cli(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
-) -> Callable[..., Ran]:
-    """``etl_cli(workdir, *args, **env)``: ``main(args)`` in this process, as ``etl_subprocess`` would run it.
-
-    Logging is left to pytest's capture (``setup_logging`` would add a handler bound to this test's stderr).
-    """
-
-    def run(workdir: Path, *args: str, **env: str) -> Ran:
-        workdir.mkdir(parents=True, exist_ok=True)
-        with monkeypatch.context() as m:
-            for name in os.environ:
-                if name.startswith(CLEARED_PREFIXES):
-                    m.delenv(name)
-            for name, value in cli_env(workdir, **env).items():
-                m.setenv(name, value)
-            m.chdir(workdir)
-            m.setattr(etl.__main__, "setup_logging", lambda level: None)
-            capsys.readouterr()
-            caplog.clear()
-            with caplog.at_level(logging.INFO):
-                code = etl.__main__.main(list(args))
-            out, err = capsys.readouterr()
-        return Ran(code, out, err + caplog.text)
-
-    return run
 
 
 def _json(ran: Ran) -> Any:
@@ -270,9 +200,12 @@ def test_cli_report_unknown_version_exits_1(workdir: Path, version: str, expecte
 
 
 def test_cli_report_not_evaluated_version_exits_1(workdir: Path, etl_cli):
-    quick = {name.upper(): str(value) for name, value in QUICK_NESTED.items()}
-    version = _json(etl_cli(workdir, "train", "--force", **quick))["version"]
-    proc = etl_cli(workdir, "report")  # the newest: trained, not evaluated
+    registry = open_registry(make_settings(workdir))  # the registry the commands run in workdir open
+    try:
+        version = unevaluated_copy(registry, _served(workdir))  # the newest: trained, not evaluated
+    finally:
+        registry.close()
+    proc = etl_cli(workdir, "report")
     assert proc.returncode == 1 and proc.stdout == ""
     assert f"version {version} has not been evaluated" in proc.stderr
 

@@ -22,7 +22,7 @@ from etl.gate import (
 )
 from etl.pipeline import evaluate_version, open_registry, train_version
 from tests.conftest import BUNDLED_CSV
-from tests.etl.conftest import trained_copy
+from tests.etl.conftest import served_copy
 from tests.pipeline_support import QUICK_NESTED, make_settings
 from tests.registry_support import reference_frame
 
@@ -177,17 +177,19 @@ def _variant(data_dir: Path, name: str, transform: Any) -> Path:
 
 
 @pytest.fixture(scope="module")
-def served_registry(tmp_path_factory: pytest.TempPathFactory, trained_template):
+def served_registry(tmp_path_factory: pytest.TempPathFactory, served_template):
     base = tmp_path_factory.mktemp("gate")
-    settings, honest = trained_copy(trained_template, base)  # train_version on the bundled data
+    # train_version on the bundled data, then evaluate_version: it passed the gate alone and was promoted
+    settings, honest = served_copy(served_template, base)
     registry = open_registry(settings)
-    evaluated = evaluate_version(settings, registry, honest.version)
-    return base, settings, registry, honest.version, evaluated
+    return base, settings, registry, honest
 
 
 def test_gate_honest_retrain_passes_alone_and_against_the_served_model(served_registry):
-    base, _, registry, served, first = served_registry
-    assert first.gate.passed and first.promoted, first.gate.reasons
+    base, _, registry, served = served_registry
+    first = registry.read_metrics(served)
+    assert first is not None and registry.served_version() == served
+    assert first["quality_gate"]["passed"] and not first["quality_gate"]["reasons"], first["quality_gate"]
     reseeded = make_settings(base, random_seed=7)
     candidate = train_version(reseeded, registry)
     assert not candidate.unchanged and candidate.version != served
@@ -201,7 +203,7 @@ def test_gate_honest_retrain_passes_alone_and_against_the_served_model(served_re
 
 @pytest.mark.parametrize("with_served", [False, True])
 def test_gate_permuted_and_flipped_labels_are_rejected(tmp_path: Path, served_registry, with_served: bool):
-    _, settings, registry, served, _ = served_registry
+    _, settings, registry, served = served_registry
     if not with_served:  # a fresh registry: nothing served yet
         settings = make_settings(tmp_path)
         registry = open_registry(settings)
@@ -226,7 +228,7 @@ def test_gate_permuted_and_flipped_labels_are_rejected(tmp_path: Path, served_re
 
 
 def test_gate_verdict_is_stored_with_the_reference_figures_of_both_models(served_registry):
-    _, _, registry, served, _ = served_registry
+    _, _, registry, served = served_registry
     stored = registry.read_metrics(served)
     assert stored is not None
     ref = stored["reference"]

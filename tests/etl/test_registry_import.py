@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +22,6 @@ from etl.registry_import import import_registry
 from etl.report import read_report
 from etl.scorer import LinearModel
 from etl.signing import sign
-from tests.conftest import ROOT
 from tests.pipeline_support import bundled_complete_rows, fitted_version_files
 from tests.registry_support import sql
 
@@ -240,10 +236,8 @@ def test_import_registry_default_setup_imports_by_itself_in_place(tmp_path: Path
     assert registry.recover() == []  # the earlier versions are the registry's: nothing is garbage
 
 
-def test_cli_registry_import_from_a_folder_and_show(tmp_path: Path, legacy: Legacy) -> None:
+def test_cli_registry_import_from_a_folder_and_show(tmp_path: Path, legacy: Legacy, etl_cli) -> None:
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("REGISTRY_", "ARTIFACT_"))},
-        "PYTHONPATH": str(ROOT),
         "RESULTS_DIR": str(tmp_path / "new"),
         "REGISTRY_URL": f"sqlite:///{tmp_path / 'db' / 'registry.db'}",
         "ARTIFACT_URL": str(tmp_path / "store"),
@@ -251,15 +245,8 @@ def test_cli_registry_import_from_a_folder_and_show(tmp_path: Path, legacy: Lega
     }
 
     def cli(*args: str) -> tuple[int, dict[str, Any], str]:
-        proc = subprocess.run(
-            [sys.executable, "-m", "etl", "registry", *args],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        return proc.returncode, json.loads(proc.stdout or "{}"), proc.stderr
+        ran = etl_cli(tmp_path, "registry", *args, **env)
+        return ran.returncode, json.loads(ran.stdout or "{}"), ran.stderr
 
     code, out, err = cli("import", "--from", str(legacy.results))
     assert code == 0, err

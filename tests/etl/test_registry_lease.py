@@ -24,6 +24,9 @@ from tests.waiting import wait_until
 
 KEY = b"k" * 32
 SECONDS = 2.0  # the shortest lease TRAINING_LEASE_SECONDS allows
+# a lease only a test would take: for a holder that stops renewing at once, or one whose loss the test awaits
+# (nothing the test does must happen before it expires, so a slow machine only makes the wait longer)
+BRIEF = 0.3
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +94,7 @@ def test_lease_expired_holder_can_publish_and_promote_nothing(tmp_path: Path, da
     """The holder freezes past its expiry, another trainer takes over and publishes: the stale holder's
     registration and promotion are refused inside their own transactions, and leave nothing behind."""
     registry = _registry(tmp_path, database_url)
-    stale = Lease.acquire(registry.db, "training", SECONDS)
+    stale = Lease.acquire(registry.db, "training", BRIEF)
     _freeze(stale)
     with _take_over(registry) as fresh:
         assert fresh.generation == stale.generation + 1
@@ -111,7 +114,7 @@ def test_lease_expired_holder_can_publish_and_promote_nothing(tmp_path: Path, da
 
 
 def test_lease_renewal_after_a_takeover_marks_it_lost(tmp_path: Path, database_url: str, fitted) -> None:
-    registry = _registry(tmp_path, database_url)
+    registry = _registry(tmp_path, database_url, seconds=BRIEF)  # renewed every 0.1 s
     with registry.training_lock() as lease:
         # another holder took the row over (as after an expiry the heartbeat could not prevent)
         sql(database_url, "UPDATE registry_leases SET token = 'another', generation = generation + 1")
@@ -157,7 +160,7 @@ def test_lease_of_a_killed_local_process_is_taken_over_at_once(tmp_path: Path, d
 
 
 def test_lease_of_a_killed_process_elsewhere_waits_for_its_expiry(tmp_path: Path, database_url: str) -> None:
-    _killed_holder(tmp_path, database_url, seconds=SECONDS)
+    _killed_holder(tmp_path, database_url, seconds=600)  # refused below however slowly the test runs
     # as if the holder had run on another machine: its death cannot be seen from here
     holder = json.loads(str(_row(database_url)["holder"]))
     sql(
@@ -168,5 +171,8 @@ def test_lease_of_a_killed_process_elsewhere_waits_for_its_expiry(tmp_path: Path
     registry = _registry(tmp_path, database_url)
     with pytest.raises(TrainingInProgressError, match="already running"), registry.training_lock():
         pass
+    # its ten minutes are over (the row's expiry moved back to when it was taken; a lease expiring as time
+    # passes: test_lease_expired_holder_can_publish_and_promote_nothing)
+    sql(database_url, "UPDATE registry_leases SET expires_at = acquired_at WHERE name = 'training'")
     with _take_over(registry) as lease:
         assert lease.generation == 2

@@ -29,7 +29,7 @@ from etl.registry import Registry
 from etl.report import FIGURES, REPORT_FILE, Page, figure_file, read_report, render_html, write_report
 from etl.settings import Settings
 from tests.conftest import BUNDLED_CSV
-from tests.etl.conftest import trained_copy
+from tests.etl.conftest import served_copy, trained_copy
 from tests.pipeline_support import QUICK_NESTED, make_settings
 from tests.registry_support import report_path, report_record
 
@@ -58,11 +58,11 @@ class Versions:
 
 
 @pytest.fixture(scope="module")
-def versions(tmp_path_factory: pytest.TempPathFactory, trained_template) -> Versions:
+def versions(tmp_path_factory: pytest.TempPathFactory, served_template) -> Versions:
     base = tmp_path_factory.mktemp("report")
-    settings, first = trained_copy(trained_template, base)
+    settings, first = served_copy(served_template, base)  # evaluated alone and promoted
     registry = open_registry(settings)
-    assert evaluate_version(settings, registry, first.version).promoted
+    assert registry.served_version() == first
     reseeded = make_settings(base, random_seed=7, **QUICK_NESTED)
     challenger = train_version(reseeded, registry).version
     evaluate_version(reseeded, registry, challenger, promote=False)
@@ -73,7 +73,7 @@ def versions(tmp_path_factory: pytest.TempPathFactory, trained_template) -> Vers
     frame.to_csv(flipped, index=False)
     rejected = train_version(make_settings(base, **QUICK_NESTED), registry, str(flipped)).version
     assert not evaluate_version(settings, registry, rejected).gate.passed
-    return Versions(settings, registry, first.version, challenger, rejected)
+    return Versions(settings, registry, first, challenger, rejected)
 
 
 # -- reading the page as a person sees it -------------------------------------------------------------------
