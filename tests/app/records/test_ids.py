@@ -3,10 +3,8 @@ processes, and match the pattern the API validates."""
 
 from __future__ import annotations
 
-import sys
-import threading
-
 from app.records.ids import IdMint, format_id, is_prediction_id, prefix_of
+from tests.app.records.racing import race
 
 
 def test_ids_take_reserves_consecutive_blocks() -> None:
@@ -18,23 +16,16 @@ def test_ids_take_reserves_consecutive_blocks() -> None:
 
 def test_ids_unique_across_threads_and_mints() -> None:
     mint = IdMint()
-    taken: list[list[str]] = [[] for _ in range(8)]
+    taken: list[list[str]] = []
 
-    def work(out: list[str]) -> None:
+    def work() -> None:
+        out: list[str] = []
+        taken.append(out)
         for _ in range(500):
             out.append(format_id(mint.prefix, mint.take()))
             out.extend(IdMint.ids(mint.prefix, mint.take(7), 7))
 
-    threads = [threading.Thread(target=work, args=(out,)) for out in taken]
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # the mint takes no lock: let the threads switch as often as they can
-    try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    finally:
-        sys.setswitchinterval(old)
+    race(work, threads=8)  # the mint takes no lock
     every = [i for out in taken for i in out] + [format_id(IdMint().prefix, n) for n in range(4000)]
     assert len(every) == 8 * 500 * 8 + 4000 == len(set(every))
     assert len({IdMint().prefix for _ in range(1000)}) == 1000

@@ -5,8 +5,6 @@ PostgreSQL), a graceful stop writes everything, and old records are purged."""
 
 from __future__ import annotations
 
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -24,6 +22,7 @@ from app.records.tables import MIGRATIONS
 from app.records.writer import RecordWriter
 from etl.db import make_engine, sqlite_url, upgrade
 from etl.errors import DatabaseUnavailableError
+from tests.app.records.racing import race
 from tests.waiting import wait_until
 
 PREFIX = "abcdefabcdef0001"
@@ -197,8 +196,6 @@ def test_writer_concurrent_producers_every_row_written_or_counted(store: FlakySt
     """/predict appends without a lock: with threads switching every microsecond, singles and batches from
     four threads while the writer drains, every row is on record or counted as dropped, never both, never
     lost, and the count of waiting rows returns to zero."""
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
     writer = writer_for(store, flush_seconds=0.01, capacity=capacity)
     before = dropped("queue_full")
     mint = IdMint(PREFIX)
@@ -223,14 +220,7 @@ def test_writer_concurrent_producers_every_row_written_or_counted(store: FlakySt
                 )
             )
 
-    try:
-        threads = [threading.Thread(target=produce) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    finally:
-        sys.setswitchinterval(old)
+    race(produce, threads=4)
     try:
         assert writer.flush(timeout=60)
         sent = 4 * (400 + 40 * batch_rows)
