@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 
 from app.records.errors import OutcomeConflictError, PredictionNotFoundError
 from app.records.pending import Pending
@@ -305,8 +305,14 @@ class PredictionStore:
 
     # -- the writing processes -------------------------------------------------------------------
     def register_writer(self, prefix: str, started_at: datetime) -> None:
-        with self._connect() as connection:
-            connection.execute(insert(writers).values(prefix=prefix, started_at=started_at, flushed_at=None))
+        """Enter ``prefix``; again is a no-op (a first commit may have landed and its answer been lost)."""
+        try:
+            with self._connect() as connection:
+                connection.execute(
+                    insert(writers).values(prefix=prefix, started_at=started_at, flushed_at=None)
+                )
+        except IntegrityError:
+            pass  # the row is there already
 
     def mark_flushed(self, prefix: str, flushed_at: datetime) -> None:
         with self._connect() as connection:

@@ -31,6 +31,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from itertools import repeat, starmap
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -88,9 +89,9 @@ class RecordWriter:
 
     # -- the hot path ----------------------------------------------------------------------------
     def enqueue(self, item: Pending) -> None:
-        """Queue ``item`` for writing; when the queue is full it is counted as dropped instead. Once half
-        the queue waits, the caller also yields the GIL, so the writer gets its turn before the queue
-        fills (a busy event loop would otherwise hand it over only every 5 ms)."""
+        """Queue ``item`` for writing; when the queue is full it is counted as dropped instead. The caller
+        that finds half the queue waiting wakes the writer and yields the GIL, so the writer gets its turn
+        before the queue fills (a busy event loop would otherwise hand it over only every 5 ms)."""
         queue = self._queue
         if type(item) is tuple:  # /predict's plain tuple, the hot path: no lock (see the module docstring)
             if not (self._accepting and len(queue) + self._extra < self.capacity):
@@ -185,6 +186,8 @@ class RecordWriter:
                 self._cycle(items, taken_at, final=stopping)
             except Exception:  # the writer must never die; the rows stay held for the next cycle
                 log.exception("prediction record writer failed; will retry")
+                if stopping:
+                    self._give_up()
             with self._cond:
                 self._done = cycle
                 self._cond.notify_all()
@@ -196,22 +199,22 @@ class RecordWriter:
         queue = self._queue
         n = len(queue)
         self._extra += n  # first: a /predict checking meanwhile over-counts, never under
-        return [queue.popleft() for _ in range(n)]
+        return list(starmap(queue.popleft, repeat((), n)))  # one C loop: the over-count lasts no longer
 
     def _cycle(self, items: list[Pending], taken_at: datetime, *, final: bool) -> None:
+        self._held.extend(items)  # from here until written, or counted as dropped (whatever fails below)
         if not self._ensure_schema():
-            self._held.extend(items)
             self._outage("the schema could not be checked or migrated")
             if final:
                 self._give_up()
             return
         if self.queueing:
-            self._write(items, taken_at, final=final)
+            self._write(taken_at, final=final)
         if not final:
             self._purge_if_due()
 
-    def _write(self, items: list[Pending], taken_at: datetime, *, final: bool) -> None:
-        batch, self._held = self._held + items, []
+    def _write(self, taken_at: datetime, *, final: bool) -> None:
+        batch, self._held = self._held, []
         done = 0  # items of batch written (or dropped for good)
         try:
             if not self._registered:
@@ -247,6 +250,9 @@ class RecordWriter:
             if final:
                 self._give_up()
             return
+        except BaseException:  # anything else: the rows not written stay held (and _run logs it)
+            self._held = batch[done:]
+            raise
         if self._failing_since is not None:
             log.warning(
                 "prediction record: the database is back after %.1f s; the queue is written again",

@@ -231,3 +231,45 @@ def test_writer_concurrent_producers_every_row_written_or_counted(store: FlakySt
             assert lost == 0
     finally:
         writer.stop(30)
+
+
+class BuggyStore(FlakyStore):
+    """The real store, whose inserts raise a plain error (a bug, not the database) while ``broken`` is set."""
+
+    broken = False
+
+    def insert(self, pending: Any) -> int:
+        if self.broken:
+            raise RuntimeError("a bug while writing")
+        return super().insert(pending)
+
+
+def test_writer_unexpected_error_keeps_rows_and_counts_them_at_stop(tmp_path: Path) -> None:
+    engine = make_engine(sqlite_url(tmp_path / "p.sqlite3"))
+    upgrade(engine, MIGRATIONS)
+    store = BuggyStore(engine)
+    store.broken = True
+    writer = writer_for(store, flush_seconds=60)
+    before = dropped("write_error")
+    try:
+        for n in range(5):
+            writer.enqueue(pending(n))
+        assert writer.flush(timeout=30)  # the cycle failed: the rows stay with the thread
+        assert store.count() == 0 and writer.pending_rows == 5
+        store.broken = False
+        assert writer.flush(timeout=30)
+        assert store.count() == 5 and writer.pending_rows == 0
+        store.broken = True
+        for n in range(5, 8):
+            writer.enqueue(pending(n))
+    finally:
+        writer.stop(30)  # still failing: what it held is counted as lost, not forgotten
+        engine.dispose()
+    assert dropped("write_error") - before == 3 and writer.pending_rows == 0
+
+
+def test_writer_registration_twice_is_a_no_op(store: FlakyStore) -> None:
+    """A registration whose commit landed but whose answer was lost is simply made again."""
+    store.register_writer(PREFIX, datetime.now(UTC))
+    store.register_writer(PREFIX, datetime.now(UTC))
+    assert PREFIX in store.writer_progress([PREFIX])
