@@ -136,9 +136,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     docs.install(app)
     metrics.init_labels()
     app.outer_middleware = (
-        Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes),
-        # http_* request metrics by route template (the instrumentator's families; /metrics not counted)
+        # http_* request metrics by route template (the instrumentator's families; /metrics not counted),
+        # outermost, so a 413 of the body limit is counted as the 413 it is
         Middleware(HttpMetrics, excluded_handlers=("/metrics",)),
+        Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes),
         # valid /predict and /predict/batch are answered here, inside the instrumentation
         Middleware(PredictFastPath, holder=holder, max_batch=settings.max_batch, records=records),
     )

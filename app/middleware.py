@@ -1,7 +1,7 @@
 """The service's three pure ASGI middlewares, outermost first, and the header helpers they share.
 
-- ``BodySizeLimit``: a body over MAX_BODY_BYTES gets 413 without being read whole.
 - ``HttpMetrics``: the ``http_*`` request metrics (app/metrics.py), labelled by route template.
+- ``BodySizeLimit``: a body over MAX_BODY_BYTES gets 413 without being read whole.
 - ``PredictFastPath``: valid POST /predict and /predict/batch answered before routing.
 
 They are plain ASGI (no ``BaseHTTPMiddleware``, no Request object) because they run on every /predict: the

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from app.main import create_app
 from app.middleware import content_length, is_json
 from etl.features import FEATURE_COLUMNS
 from tests.app.conftest import BENIGN, Served, client_for, named, sample, without_ids
@@ -170,10 +171,13 @@ def test_body_over_max_body_bytes_413(served: Served, path: str, chunked: bool):
         else (json.dumps({"instances": [BENIGN] * 20}).encode())
     )
     assert len(body) > 1024
+    counted = f'http_requests_total{{handler="{path}",method="POST",status="413"}}'
     with client_for(served.settings(max_body_bytes=1024)) as c:
+        before = sample(c.get("/metrics").text, counted)
         small = c.post(path, json=small_body)
         content: Any = iter([body[:600], body[600:]]) if chunked else body
         r = c.post(path, content=content, headers=JSON)
+        assert sample(c.get("/metrics").text, counted) == before + 1  # counted as what the client got
     assert small.status_code == 200, small.text
     assert ("content-length" in {k.lower() for k in r.request.headers}) is not chunked
     assert r.status_code == 413, r.text
@@ -218,3 +222,22 @@ def test_fast_path_unexpected_error_500_json_and_counted(
     assert sample(predict_client.get("/metrics").text, key) == before + 1
     monkeypatch.undo()
     assert predict_client.post("/predict", json=BENIGN).status_code == 200
+
+
+def test_route_unexpected_error_500_json_and_counted(served: Served, monkeypatch: pytest.MonkeyPatch):
+    """Our middlewares wrap FastAPI's whole stack (app/main.py: ServiceApp): a bug in a route is still
+    answered by FastAPI's error layer with the JSON 500, and counted as a 500."""
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug, with secret-ish internals")
+
+    monkeypatch.setattr("app.routes.models.pipeline.list_models", broken)
+    counted = 'http_requests_total{handler="/models",method="GET",status="500"}'
+    with TestClient(create_app(served.settings()), raise_server_exceptions=False) as c:
+        before = sample(c.get("/metrics").text, counted)
+        r = c.get("/models")
+        assert r.status_code == 500
+        assert r.json() == {"detail": "internal server error; see the service log"}
+        assert "secret-ish" not in r.text
+        assert sample(c.get("/metrics").text, counted) == before + 1
+        assert c.get("/health").status_code == 200

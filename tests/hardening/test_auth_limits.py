@@ -123,7 +123,8 @@ def test_limits_chunked_body_over_cap_413_without_end(
     service: tuple[Service, str], path: str, declared: str
 ) -> None:
     """With a small Content-Length beside the chunked encoding (ambiguous framing, the request-smuggling
-    shape) the HTTP parser refuses the request outright, so the body limit, which skips counting when the
+    shape) the service's HTTP parser (httptools; h11 would let the chunked encoding win) refuses the request
+    outright, so the body limit, which skips counting when the
     Content-Length alone frames a body (app/middleware.py: BodySizeLimit), is never misled."""
     svc, _ = service
     chunk = b"[" * 8192
