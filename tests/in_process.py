@@ -1,13 +1,15 @@
 """An entry point's function run in this process as its subprocess would run (``python -m etl``,
 ``python -m app``, uvicorn's factory): the same working folder, environment and ``.env``, its exit status and
-what it printed and logged. An interpreter start costs a second or two; this costs milliseconds, so the tests
-keep one real subprocess per entry point, for what only a process shows, and run every other case here.
+what it printed (file descriptors 1 and 2, so C-level writes too) and logged. An interpreter start costs a
+second or two; this costs milliseconds, so the tests keep one real subprocess per entry point, for what only
+a process shows, and run every other case here.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,7 @@ def _refuse_to_serve(*args: object, **kwargs: object) -> None:
 
 def run_in_process(
     monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    capfd: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
     main: Callable[[], int | None],
     *,
@@ -60,17 +62,21 @@ def run_in_process(
         for module in (etl.__main__, app.__main__, app.main):
             m.setattr(module, "setup_logging", lambda level="INFO": None)
         m.setattr(uvicorn, "run", _refuse_to_serve)
-        capsys.readouterr()
+        capfd.readouterr()
         caplog.clear()
         get_settings.cache_clear()
         try:
             with caplog.at_level(logging.INFO):
                 code = main() or 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
+        except SystemExit as exc:  # as the interpreter ends: None is 0, a message is printed with 1
+            if exc.code is None or isinstance(exc.code, int):
+                code = exc.code or 0
+            else:
+                code = 1
+                print(exc.code, file=sys.stderr)
         finally:
             get_settings.cache_clear()
-        out, err = capsys.readouterr()
+        out, err = capfd.readouterr()
     return Ran(code, out, err + caplog.text)
 
 

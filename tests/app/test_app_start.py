@@ -26,7 +26,7 @@ RunApp = Callable[..., Ran]
 
 @pytest.fixture
 def run_app(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> RunApp:
     """``run_app(workdir, **env)``: ``python -m app``'s ``main()`` in this process as the subprocess would run
     it in ``workdir`` (tests/in_process.py); a real ``python -m app`` that refuses its settings is
@@ -35,7 +35,7 @@ def run_app(
     def run(workdir: Path, **env: str) -> Ran:
         return run_in_process(
             monkeypatch,
-            capsys,
+            capfd,
             caplog,
             app.__main__.main,
             cwd=workdir,
@@ -148,11 +148,38 @@ def test_app_start_and_predict_import_no_plotting_library(template: tuple[Path, 
     assert out["plotting"] == []
 
 
-def test_app_start_sync_record_without_database_exits_naming_it(tmp_path: Path, run_app: RunApp) -> None:
+def run_real_app(workdir: Path, **env: str) -> Ran:
+    """A real ``python -m app`` in ``workdir``, with ``run_app``'s environment: its logging set up as users
+    get it."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("GDRIVE_", "GOOGLE_", "PROMETHEUS_"))}
+    base.update(
+        PYTHONPATH=str(ROOT),
+        HOST="127.0.0.1",
+        PORT=str(free_port()),
+        WORKERS="1",
+        DATA_URL=str(BUNDLED_CSV),
+        DATA_DIR=str(workdir / "data"),
+        RESULTS_DIR=str(workdir / "results"),
+        UPLOAD_DIR=str(workdir / "upload"),
+        API_TOKEN="",
+        ENVIRONMENT="development",
+        **env,
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "app"], cwd=workdir, env=base, capture_output=True, text=True, timeout=120
+    )
+    return Ran(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.mark.parametrize("real", [False, True], ids=["in-process", "subprocess"])
+def test_app_start_sync_record_without_database_exits_naming_it(
+    tmp_path: Path, run_app: RunApp, real: bool
+) -> None:
     """PREDICTION_LOG=sync answers only with a committed record: without its database it does not start,
-    and says so without the URL's password."""
+    and says so without the URL's password (also as a real process: its log goes through the logging set-up
+    users get, which the in-process runs replace)."""
     url = f"postgresql://records:s3cret-Pw@127.0.0.1:{free_port()}/predictions"
-    proc = run_app(tmp_path, PREDICTION_LOG="sync", PREDICTION_DB_URL=url)
+    proc = (run_real_app if real else run_app)(tmp_path, PREDICTION_LOG="sync", PREDICTION_DB_URL=url)
     assert proc.returncode == 2, proc.stderr
     assert "not starting: PREDICTION_LOG=sync answers only with a record" in proc.stderr
     assert "s3cret-Pw" not in proc.stderr and "serving on" not in proc.stderr

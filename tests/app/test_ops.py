@@ -45,7 +45,8 @@ def test_metrics_exposes_bcd_metrics(client: TestClient, served: Served):
     assert sample(text, 'bcd_predictions_total{label="malignant"}') == malignant_before + 1
     count = "bcd_prediction_probability_count"
     assert sample(text, count) == sample(before, count) + 2
-    assert sample(text, 'bcd_prediction_probability_bucket{le="0.05"}') >= 1  # the benign one, near 0
+    low = 'bcd_prediction_probability_bucket{le="0.05"}'
+    assert sample(text, low) == sample(before, low) + 1  # the benign one, near 0; the malignant one above
     assert sample(text, f'bcd_model_info{{version="{served.version}"}}') == 1.0
     threshold = served.registry.read_meta(served.version)["threshold"]
     assert sample(text, "bcd_model_threshold_ratio") == pytest.approx(threshold)

@@ -105,7 +105,7 @@ def etl_subprocess(workdir: Path, *args: str, **env: str) -> Ran:
 
 @pytest.fixture
 def etl_cli(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> Callable[..., Ran]:
     """``etl_cli(workdir, *args, **env)``: ``main(args)`` in this process, as ``etl_subprocess`` would run it
     (tests/in_process.py)."""
@@ -114,7 +114,7 @@ def etl_cli(
         workdir.mkdir(parents=True, exist_ok=True)
         return run_in_process(
             monkeypatch,
-            capsys,
+            capfd,
             caplog,
             lambda: etl.__main__.main(list(args)),
             cwd=workdir,

@@ -114,7 +114,7 @@ IN_PROCESS: dict[str, Callable[[], int | None]] = {
 
 @pytest.fixture
 def run_entry(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> RunEntry:
     """``run(folder, entry, values)``: the entry point's function in this process, as ``run_subprocess``
     would run it (working folder, ``.env``, environment); its exit status and everything it printed."""
@@ -123,7 +123,7 @@ def run_entry(
         names = write_dotenv(folder, values)
         ran = run_in_process(
             monkeypatch,
-            capsys,
+            capfd,
             caplog,
             IN_PROCESS[entry],
             cwd=folder,
