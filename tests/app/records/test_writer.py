@@ -29,13 +29,17 @@ PREFIX = "abcdefabcdef0001"
 
 
 class FlakyStore(PredictionStore):
-    """The real store, whose inserts fail as if the database were down while ``down`` is set."""
+    """The real store, whose inserts fail as if the database were down while ``down`` is set, or raise a
+    plain error (a bug, not the database) while ``broken`` is set."""
 
     down = False
+    broken = False
 
     def insert(self, pending: Any) -> int:
         if self.down:
             raise DatabaseUnavailableError("down on purpose")
+        if self.broken:
+            raise RuntimeError("a bug while writing")
         return super().insert(pending)
 
 
@@ -233,21 +237,7 @@ def test_writer_concurrent_producers_every_row_written_or_counted(store: FlakySt
         writer.stop(30)
 
 
-class BuggyStore(FlakyStore):
-    """The real store, whose inserts raise a plain error (a bug, not the database) while ``broken`` is set."""
-
-    broken = False
-
-    def insert(self, pending: Any) -> int:
-        if self.broken:
-            raise RuntimeError("a bug while writing")
-        return super().insert(pending)
-
-
-def test_writer_unexpected_error_keeps_rows_and_counts_them_at_stop(tmp_path: Path) -> None:
-    engine = make_engine(sqlite_url(tmp_path / "p.sqlite3"))
-    upgrade(engine, MIGRATIONS)
-    store = BuggyStore(engine)
+def test_writer_unexpected_error_keeps_rows_and_counts_them_at_stop(store: FlakyStore) -> None:
     store.broken = True
     writer = writer_for(store, flush_seconds=60)
     before = dropped("write_error")
@@ -264,7 +254,6 @@ def test_writer_unexpected_error_keeps_rows_and_counts_them_at_stop(tmp_path: Pa
             writer.enqueue(pending(n))
     finally:
         writer.stop(30)  # still failing: what it held is counted as lost, not forgotten
-        engine.dispose()
     assert dropped("write_error") - before == 3 and writer.pending_rows == 0
 
 
