@@ -347,18 +347,14 @@ def _parameter_chunks(
     extend = parameters.extend
     count = 0
     text_time = when if isinstance(when, _SqliteTime) else None
-    second = -1
-    head = ""
     for item in pending:
         if type(item) is tuple:  # OnePending (a ManyPending is a NamedTuple: a subclass)
             pid, created, version, threshold, probability, predicted, features = item
             if text_time is None:
                 stamp = when(created)
             else:
-                at, micro = divmod(created, 1_000_000)
-                if at != second:
-                    second, head = at, text_time.head(at)
-                stamp = head + str(1_000_000 + micro)[1:]
+                at, micro = divmod(created, 1_000_000)  # _SqliteTime's work, without a call
+                stamp = text_time.head(at) + str(1_000_000 + micro)[1:]
             extend((pid, stamp, version, threshold, probability, predicted))
             extend(features)
             count += 1
